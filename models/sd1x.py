@@ -1,0 +1,414 @@
+"""Small Stable Diffusion 1.x-architecture models built from ComfyUI's own classes.
+
+``build_sd1x(config)`` returns ``(model_patcher, clip, vae)`` exactly like CheckpointLoaderSimple does, but for a
+UNet / CLIP text encoder / AutoencoderKL of any (small) size:
+
+* UNet: ``comfy.supported_models.SD15(unet_config).get_model()`` wrapped in ``comfy.model_patcher.ModelPatcher``
+  (epsilon prediction, scaled_linear betas 0.00085..0.012, SD1.5 latent format / 0.18215 scale).
+* Text encoder: ``comfy.sd.CLIP`` around ``comfy.sd1_clip.SD1ClipModel`` with a narrower/shallower CLIP text
+  transformer and the REAL SD1 CLIP tokenizer (``embedding_size`` matches the width).
+* VAE: ``comfy.sd.VAE`` from an AutoencoderKL ``ddconfig``; the downscale ratio is ``2 ** (len(ch_mult) - 1)``
+  (8 for both named configs, so core EmptyLatentImage 64x64 gives the matching 8x8 latent).
+
+ComfyUI creates layers with ``torch.empty``; without a state dict every tensor is initialised explicitly from a
+seeded CPU generator (so the same seed gives bit-identical weights on every machine). Devices and dtypes come from
+``comfy.model_management`` (nothing is hard-coded to cuda).
+
+Weights are saved with ``save_weights`` as one safetensors file whose metadata carries the config
+(``load_weights(path)`` needs nothing else). No pickle anywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "SD1xConfig",
+    "TINY_TEST",
+    "TOYWORLD",
+    "CONFIGS",
+    "build_sd1x",
+    "save_weights",
+    "load_weights",
+    "config_from_any",
+    "count_parameters",
+]
+
+
+@dataclass
+class SD1xConfig:
+    name: str = "custom"
+    image_size: int = 64
+    # UNet (SD1.x UNetModel)
+    model_channels: int = 64
+    channel_mult: list = field(default_factory=lambda: [1, 2])
+    num_res_blocks: int = 1
+    attention_levels: list = field(default_factory=lambda: [True, True])  # a SpatialTransformer at each level
+    transformer_depth_middle: int = 1
+    num_heads: int = 4
+    # text encoder (CLIP text transformer); its width is the UNet context_dim
+    clip_width: int = 128
+    clip_layers: int = 3
+    clip_heads: int = 4
+    clip_intermediate: int = 512
+    # VAE (AutoencoderKL)
+    vae_ch: int = 32
+    vae_ch_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
+    vae_res_blocks: int = 1
+    latent_channels: int = 4
+
+    @property
+    def context_dim(self) -> int:
+        return self.clip_width
+
+    @property
+    def vae_downscale(self) -> int:
+        return 2 ** (len(self.vae_ch_mult) - 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Very small and fast: unit tests / CI (cross-attention at 2 resolutions + middle).
+TINY_TEST = SD1xConfig(
+    name="tiny_test",
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_levels=[True, True],
+    num_heads=2,
+    clip_width=64,
+    clip_layers=2,
+    clip_heads=2,
+    clip_intermediate=128,
+    vae_ch=32,
+    vae_ch_mult=[1, 1, 1, 1],
+    vae_res_blocks=1,
+)
+
+# The trained ToyWorld model: 64x64 RGB <-> 8x8x4 latent; cross-attention at 8x8, 4x4 and the middle (4x4).
+TOYWORLD = SD1xConfig(
+    name="toyworld",
+    model_channels=64,
+    channel_mult=[1, 2],
+    num_res_blocks=2,
+    attention_levels=[True, True],
+    transformer_depth_middle=1,
+    num_heads=4,
+    clip_width=128,
+    clip_layers=3,
+    clip_heads=4,
+    clip_intermediate=512,
+    vae_ch=32,
+    vae_ch_mult=[1, 2, 2, 4],
+    vae_res_blocks=1,
+)
+
+CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD}
+
+
+def config_from_any(config: Any) -> SD1xConfig:
+    if isinstance(config, SD1xConfig):
+        return config
+    if isinstance(config, str):
+        if config in CONFIGS:
+            return CONFIGS[config]
+        config = json.loads(config)
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if isinstance(config, dict):
+        names = {f.name for f in dataclasses.fields(SD1xConfig)}
+        return SD1xConfig(**{k: v for k, v in config.items() if k in names})
+    raise TypeError(f"cannot make an SD1xConfig from {type(config)!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config translation
+# --------------------------------------------------------------------------------------------------------------
+
+def unet_config_dict(cfg: SD1xConfig) -> dict:
+    levels = len(cfg.channel_mult)
+    att = [1 if a else 0 for a in cfg.attention_levels]
+    assert len(att) == levels, "attention_levels needs one entry per channel_mult level"
+    return {
+        "use_checkpoint": False,
+        "image_size": cfg.image_size // cfg.vae_downscale,
+        "out_channels": cfg.latent_channels,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": cfg.latent_channels,
+        "model_channels": cfg.model_channels,
+        "num_res_blocks": [cfg.num_res_blocks] * levels,
+        "transformer_depth": [a for a in att for _ in range(cfg.num_res_blocks)],
+        "channel_mult": list(cfg.channel_mult),
+        "transformer_depth_middle": cfg.transformer_depth_middle,
+        "use_linear_in_transformer": False,
+        "context_dim": cfg.context_dim,
+        "transformer_depth_output": [a for a in att for _ in range(cfg.num_res_blocks + 1)],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
+
+
+def clip_model_config(cfg: SD1xConfig) -> dict:
+    return {
+        "hidden_size": cfg.clip_width,
+        "intermediate_size": cfg.clip_intermediate,
+        "num_attention_heads": cfg.clip_heads,
+        "num_hidden_layers": cfg.clip_layers,
+        "projection_dim": cfg.clip_width,
+    }
+
+
+def vae_ddconfig(cfg: SD1xConfig) -> dict:
+    return {
+        "double_z": True,
+        "z_channels": cfg.latent_channels,
+        "resolution": cfg.image_size,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": cfg.vae_ch,
+        "ch_mult": list(cfg.vae_ch_mult),
+        "num_res_blocks": cfg.vae_res_blocks,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+
+
+def _tokenizer_class(width: int):
+    import comfy.sd1_clip
+
+    class ToySD1Tokenizer(comfy.sd1_clip.SD1Tokenizer):
+        """The real SD1 CLIP tokenizer, with an embedding size matching a narrow text encoder."""
+
+        def __init__(self, embedding_directory=None, tokenizer_data={}):
+            super().__init__(
+                embedding_directory=embedding_directory,
+                tokenizer_data=tokenizer_data,
+                tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=width),
+            )
+
+    return ToySD1Tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# seeded init
+# --------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
+    """Seeded explicit initialisation (the torch defaults, drawn from a CPU generator in parameter-name order).
+
+    Linear / Conv: kaiming-uniform(a=sqrt(5)) weights and uniform(+-1/sqrt(fan_in)) biases, as torch does;
+    norms: weight 1, bias 0; embeddings: N(0, 0.02)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    done = set()
+    for mname, mod in sorted(module.named_modules(), key=lambda kv: kv[0]):
+        for pname, p in sorted(mod.named_parameters(recurse=False), key=lambda kv: kv[0]):
+            if id(p) in done:
+                continue
+            done.add(id(p))
+            full = f"{mname}.{pname}" if mname else pname
+            shape = tuple(p.shape)
+            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                val = torch.ones(shape) if pname == "weight" else torch.zeros(shape)
+            elif isinstance(mod, torch.nn.Embedding):
+                val = torch.randn(shape, generator=gen) * 0.02
+            elif pname == "logit_scale":
+                val = torch.full(shape, math.log(1 / 0.07))
+            elif len(shape) >= 2:
+                fan_in = int(torch.tensor(shape[1:]).prod())
+                bound = 1.0 / math.sqrt(fan_in)  # == kaiming_uniform(a=sqrt(5))
+                val = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            elif pname == "bias":
+                w = getattr(mod, "weight", None)
+                fan_in = int(torch.tensor(w.shape[1:]).prod()) if w is not None and w.dim() >= 2 else max(1, shape[0])
+                bound = 1.0 / math.sqrt(fan_in)
+                val = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            else:
+                val = torch.randn(shape, generator=gen) * 0.02
+            p.copy_(val.to(dtype=p.dtype, device=p.device))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# build
+# --------------------------------------------------------------------------------------------------------------
+
+def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: torch.dtype | None = None):
+    """Builds ``(model_patcher, clip, vae)`` for an SD1.x-architecture model of the given config.
+
+    ``config``: an SD1xConfig, a dict of its fields, or a named config ("tiny_test", "toyworld").
+    ``state_dict``: optional weights with keys ``model.diffusion_model.*``, ``clip.*`` (the text encoder's own
+    state dict, e.g. ``clip_l.transformer...``) and ``vae.*``; missing → seeded init.
+    ``dtype``: weight dtype of all three parts; None → comfy.model_management's choice (fp32 on CPU).
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.supported_models_base
+
+    cfg = config_from_any(config)
+    sd = state_dict or {}
+    unet_sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
+    clip_sd = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
+    vae_sd = {k[len("vae."):]: v for k, v in sd.items() if k.startswith("vae.")}
+
+    # ---- UNet
+    model_config = comfy.supported_models.SD15(unet_config_dict(cfg))
+    load_device = mm.get_torch_device()
+    unet_dtype = dtype
+    if unet_dtype is None:
+        unet_dtype = mm.unet_dtype(model_params=0, supported_dtypes=list(model_config.supported_inference_dtypes))
+    manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    model = model_config.get_model({}, "", device="cpu")
+    if unet_sd:
+        missing = [k for k in model.diffusion_model.state_dict() if "diffusion_model." + k not in unet_sd]
+        if missing:
+            raise KeyError(f"UNet weights missing {len(missing)} keys, e.g. {missing[:3]}")
+        model.load_model_weights(dict(unet_sd), "diffusion_model.")
+    else:
+        init_weights(model.diffusion_model, seed)
+    model_patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+    # ---- text encoder (real SD1 tokenizer, narrow CLIP)
+    target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width), comfy.sd1_clip.SD1ClipModel)
+    model_options = {"clip_l_model_config": clip_model_config(cfg), "initial_device": mm.text_encoder_offload_device()}
+    if dtype is not None:
+        model_options["dtype"] = dtype
+    clip = comfy.sd.CLIP(target, model_options=model_options)
+    if clip_sd:
+        m, u = clip.cond_stage_model.load_state_dict(clip_sd, strict=False)
+        m = [k for k in m if not k.endswith("position_ids")]
+        if m:
+            raise KeyError(f"text encoder weights missing {len(m)} keys, e.g. {m[:3]}")
+    else:
+        init_weights(clip.cond_stage_model, seed + 1)
+
+    # ---- VAE
+    vae_config = {"params": {"ddconfig": vae_ddconfig(cfg), "embed_dim": cfg.latent_channels}}
+    if not vae_sd:
+        # comfy.sd.VAE loads from a state dict; build the module once to get seeded initial weights
+        from comfy.ldm.models.autoencoder import AutoencoderKL
+
+        tmp = AutoencoderKL(**vae_config["params"])
+        tmp.to_empty(device="cpu") if any(p.is_meta for p in tmp.parameters()) else None
+        init_weights(tmp, seed + 2)
+        vae_sd = {k: v.detach().clone() for k, v in tmp.state_dict().items()}
+        del tmp
+    vae = comfy.sd.VAE(sd=vae_sd, config=vae_config, dtype=dtype)
+    vae.downscale_ratio = cfg.vae_downscale
+    vae.upscale_ratio = cfg.vae_downscale
+    vae.toy_config = cfg
+    model_patcher.toy_config = cfg
+    clip.toy_config = cfg
+    return model_patcher, clip, vae
+
+
+def count_parameters(model_patcher, clip, vae) -> dict:
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    return {
+        "unet": n(model_patcher.model.diffusion_model),
+        "text_encoder": n(clip.cond_stage_model),
+        "token_embedding": clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding.weight.numel(),
+        "vae": n(vae.first_stage_model),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# save / load (safetensors, config in metadata)
+# --------------------------------------------------------------------------------------------------------------
+
+def state_dicts(model_patcher, clip, vae) -> dict:
+    out = {}
+    for k, v in model_patcher.model.diffusion_model.state_dict().items():
+        out["model.diffusion_model." + k] = v
+    for k, v in clip.cond_stage_model.state_dict().items():
+        if k.endswith("position_ids"):
+            continue
+        out["clip." + k] = v
+    for k, v in vae.first_stage_model.state_dict().items():
+        out["vae." + k] = v
+    return out
+
+
+def save_weights(path, model_patcher, clip, vae, dtype=torch.float16, extra_metadata: dict | None = None) -> None:
+    """Writes all three parts into one safetensors file (tmp file + os.replace); the config is in the metadata."""
+    import os
+
+    from safetensors.torch import save_file
+
+    cfg = getattr(model_patcher, "toy_config", None) or getattr(vae, "toy_config", None)
+    if cfg is None:
+        raise ValueError("model was not built by build_sd1x (no toy_config attached)")
+    tensors = {}
+    for k, v in state_dicts(model_patcher, clip, vae).items():
+        v = v.detach().to("cpu")
+        if v.is_floating_point() and dtype is not None:
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {"format": "attention_edit.sd1x", "config": json.dumps(cfg.to_dict())}
+    for k, v in (extra_metadata or {}).items():
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def read_weights(path):
+    """Returns (config, state_dict, metadata) of a file written by save_weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: no 'config' in the safetensors metadata (not written by save_weights?)")
+    cfg = config_from_any(json.loads(meta["config"]))
+    return cfg, load_file(str(path)), meta
+
+
+def load_weights(path, dtype: torch.dtype | None = None):
+    """Loads ``(model_patcher, clip, vae)`` from a file written by ``save_weights``.
+
+    ``dtype`` None → the comfy.model_management default (fp32 on CPU; fp16 weights are upcast)."""
+    cfg, sd, _ = read_weights(path)
+    return build_sd1x(cfg, state_dict=sd, dtype=dtype)
+
+
+def _smoke() -> None:  # python -m attention_edit.models.sd1x
+    import time
+
+    import comfy.sample
+
+    t0 = time.time()
+    mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
+    print("build", round(time.time() - t0, 2), "s", count_parameters(mp, clip, vae))
+    tokens = clip.tokenize("a big red circle on the left")
+    cond = clip.encode_from_tokens_scheduled(tokens)
+    uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = torch.zeros(1, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    t0 = time.time()
+    out = comfy.sample.sample(mp, noise, 10, 6.0, "euler", "normal", cond, uncond, latent, denoise=1.0, seed=0,
+                              disable_pbar=True)
+    img = vae.decode(out)
+    print("sample", tuple(out.shape), "decode", tuple(img.shape), round(time.time() - t0, 2), "s")
+
+
+if __name__ == "__main__":
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    _smoke()
