@@ -1,0 +1,200 @@
+"""Inversion of real images: DDIM inversion, null-text inversion and negative-prompt inversion.
+
+The loops take a ``Denoiser`` (sampling/engine.py) and plain tensors; ``invert`` runs them inside ComfyUI's
+sampler and returns an ``Inversion``, the value nodes pass on so that one inversion serves many edits.
+
+Sources:
+  * DDIM inversion: Song et al., DDIM (2021), Eq. 12 run backwards; Mokady et al., "Null-text Inversion for
+    Editing Real Images using Guided Diffusion Models" (2022), sec. 3.1, and the reference notebook
+    google/prompt-to-prompt null_text_w_ptp.ipynb (NullInversion.ddim_loop): conditional embedding only.
+  * Null-text inversion: Mokady et al. sec. 3.2 / Algorithm 1 and NullInversion.null_optimization: per step,
+    Adam on the unconditional embedding, warm start from the previous step's optimum, the conditional branch
+    computed once per step, early stop when the loss drops below epsilon + slope * step.
+  * Negative-prompt inversion: Miyake et al. (arXiv 2305.16807): DDIM inversion, then the source prompt's
+    embedding is used as the "unconditional" one at every step (cure-lab/PnPInversion NegativePromptInversion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling.engine import Denoiser, ddim_step, make_trainable, run_loop, throw_if_interrupted
+
+METHODS = ("null_text", "negative_prompt", "ddim")
+
+
+@dataclass
+class Inversion:
+    """One inverted image (the AE_INVERSION value).
+
+    x_T:            [1, C, H, W] the inverted latent, in ComfyUI's LATENT scale.
+    sigmas:         [N + 1] descending replay schedule (VE sigmas; the last is usually 0).
+    source_prompt:  the prompt the image was inverted with.
+    source_cond:    ComfyUI CONDITIONING of the source prompt ([[emb [1, 77, D], extras]]).
+    uncond:         N tensors [1, 77, D]: the unconditional embedding to use at each replay step (the
+                    optimised null-text embeddings; the source embedding for negative-prompt inversion; the
+                    empty prompt's embedding for plain DDIM inversion).
+    guidance_scale: the CFG scale the inversion was made for (null-text is optimised for it).
+    method:         'null_text', 'negative_prompt' or 'ddim'.
+    losses:         per step, the null-text inner losses (empty lists for the other methods).
+    latent:         [1, C, H, W] the encoded input (LATENT scale), kept to measure the reconstruction.
+    """
+
+    x_T: torch.Tensor
+    sigmas: torch.Tensor
+    source_prompt: str
+    source_cond: list
+    uncond: list
+    guidance_scale: float
+    method: str
+    latent: torch.Tensor
+    losses: list = field(default_factory=list)
+    scheduler: str = ""
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def check_compatible(self, steps: Optional[int] = None, latent_shape=None) -> None:
+        """Raises ValueError when an edit asks for another step count or image size than was inverted."""
+        if steps is not None and steps != self.steps:
+            raise ValueError(f"this inversion was made with {self.steps} steps but the edit asks for {steps}; "
+                             f"re-run the inversion with {steps} steps or edit with {self.steps}")
+        if latent_shape is not None and tuple(latent_shape[-2:]) != tuple(self.x_T.shape[-2:]):
+            hw = tuple(self.x_T.shape[-2:])
+            raise ValueError(f"this inversion is of a {hw[1] * 8}x{hw[0] * 8} image (latent {hw}) but the edit "
+                             f"is for latent {tuple(latent_shape[-2:])}; invert the image at the size you edit")
+
+
+def _vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """VE latent -> VP latent (x * sqrt(alpha_bar)); the reference measures the null-text loss in VP space."""
+    return x / (1.0 + float(sigma) ** 2) ** 0.5
+
+
+def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, cond_emb: torch.Tensor,
+                        progress: Optional[Callable[[int, int], None]] = None) -> list:
+    """DDIM inversion with the conditional embedding only (guidance 1), as the reference does.
+
+    x0: [1, C, H, W] clean latent (processed scale); sigmas: [N + 1] descending replay schedule.
+    Returns the trajectory [x at sigmas[N], x at sigmas[N-1], ..., x at sigmas[0]] (N + 1 tensors);
+    the last one is x_T. The step from level s to the next level s' uses eps predicted at (x, max(s, sigma_min))
+    (at s = 0 the clean latent is treated as lying at the model's smallest sigma, like the reference's t = 0).
+    """
+    N = len(sigmas) - 1
+    xs = [x0]
+    x = x0
+    for k in range(N, 0, -1):
+        throw_if_interrupted()
+        s_from, s_to = float(sigmas[k]), float(sigmas[k - 1])
+        s_eval = max(s_from, den.sigma_min)
+        c, _ = den.denoise(x, s_eval, cond_emb, None)
+        eps = (x - c) / s_eval
+        x = x + eps * (s_to - s_from)
+        xs.append(x)
+        if progress:
+            progress(N - k + 1, N)
+    return xs
+
+
+def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_emb: torch.Tensor,
+                   uncond_init: torch.Tensor, guidance_scale: float, num_inner_steps: int = 10,
+                   early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2,
+                   progress: Optional[Callable[[int, int], None]] = None):
+    """Null-text optimisation (Mokady et al. Algorithm 1). Returns (null embeddings [N x [1,77,D]], losses).
+
+    trajectory: DDIM-inversion latents, trajectory[0] clean ... trajectory[N] = x_T (processed scale).
+    At step i (sigma_i -> sigma_{i+1}) the embedding starts from step i-1's optimum (warm start), Adam with
+    lr = learning_rate * (1 - i / (2N)) (the reference's 1e-2 * (1 - i/100) at N = 50) runs up to
+    ``num_inner_steps`` iterations on MSE(DDIM_cfg(x_i), trajectory[N-i-1]) in VP scale, and stops early as
+    soon as loss < early_stop_epsilon + 1e-3 * i / N (the reference's epsilon + i * 2e-5 at N = 50; the check
+    follows the optimiser step, as in the reference). The conditional branch is evaluated once per step.
+    """
+    N = len(sigmas) - 1
+    x = trajectory[N]
+    uncond = uncond_init.detach().clone()
+    nulls, losses = [], []
+    for i in range(N):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        target = _vp(trajectory[N - i - 1], s_next)
+        with torch.no_grad():
+            c, _ = den.denoise(x, s, cond_emb, None)
+        uncond = uncond.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([uncond], lr=learning_rate * (1.0 - i / (2.0 * N)))
+        threshold = early_stop_epsilon + 1e-3 * i / N
+        step_losses = []
+        for _ in range(num_inner_steps):
+            throw_if_interrupted()
+            _, u = den.denoise(x, s, None, uncond)
+            x_prev = ddim_step(x, den.cfg(c, u, x, s, guidance_scale), s, s_next)
+            loss = F.mse_loss(_vp(x_prev, s_next), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step_losses.append(float(loss.detach()))
+            if step_losses[-1] < threshold:
+                break
+        losses.append(step_losses)
+        uncond = uncond.detach()
+        nulls.append(uncond[:1].clone())
+        with torch.no_grad():
+            _, u = den.denoise(x, s, None, uncond)
+            x = ddim_step(x, den.cfg(c, u, x, s, guidance_scale), s, s_next)
+        if progress:
+            progress(i + 1, N)
+    return nulls, losses
+
+
+def invert(model_patcher, latent: torch.Tensor, source_cond: list, empty_cond: list, sigmas: torch.Tensor,
+           method: str = "null_text", guidance_scale: float = 7.5, num_inner_steps: int = 10,
+           early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, source_prompt: str = "",
+           scheduler: str = "", progress: Optional[Callable[[int, int], None]] = None) -> Inversion:
+    """Inverts one image. latent: [1, C, H, W] (LATENT scale, from VAEEncode); source_cond / empty_cond:
+    CONDITIONING of the source prompt and of the empty prompt; sigmas: [N + 1] descending schedule.
+
+    Raises ValueError for an unknown method, a batch of several images, or a schedule of fewer than 1 step.
+    Progress is reported through ``progress(done, total)``; interruption (ComfyUI /interrupt) is checked at
+    every UNet call and every null-text inner step.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}; choose one of {METHODS}")
+    if latent.ndim != 4 or latent.shape[0] != 1:
+        raise ValueError(f"invert one image at a time: got a latent batch of shape {tuple(latent.shape)}; "
+                         "split the batch (e.g. with 'Latent From Batch') and invert each image")
+    if len(sigmas) < 2:
+        raise ValueError("the schedule needs at least one step")
+    sigmas = sigmas.float()
+    cond_emb = source_cond[0][0].detach()
+    empty_emb = empty_cond[0][0].detach()
+    total = (len(sigmas) - 1) * (2 if method == "null_text" else 1)
+    result = {}
+
+    def loop(den: Denoiser, x, sig):
+        s = sig.to(x.device)
+        ce, ee = cond_emb.to(x.device, x.dtype), empty_emb.to(x.device, x.dtype)
+        with torch.no_grad():
+            traj = ddim_inversion_loop(den, x, s, ce, progress=(lambda d, n: progress(d, total)) if progress else None)
+        N = len(s) - 1
+        if method == "null_text":
+            with torch.inference_mode(False), torch.enable_grad():
+                make_trainable(den.guider.model_patcher)
+                traj = [t.clone() for t in traj]
+                nulls, losses = null_text_loop(
+                    den, traj, s, ce.clone(), ee.clone(), guidance_scale, num_inner_steps, early_stop_epsilon,
+                    learning_rate, progress=(lambda d, n: progress(N + d, total)) if progress else None)
+            result["uncond"], result["losses"] = [u.detach().cpu() for u in nulls], losses
+        elif method == "negative_prompt":
+            result["uncond"] = [ce.detach().cpu()] * N
+            result["losses"] = []
+        else:
+            result["uncond"] = [ee.detach().cpu()] * N
+            result["losses"] = []
+        return traj[-1]
+
+    with torch.inference_mode(False):
+        x_T = run_loop(model_patcher, source_cond, latent.detach().clone(), sigmas.clone(), loop)
+    return Inversion(x_T=x_T.detach().cpu(), sigmas=sigmas.cpu(), source_prompt=source_prompt,
+                     source_cond=source_cond, uncond=result["uncond"], guidance_scale=float(guidance_scale),
+                     method=method, latent=latent.detach().cpu(), losses=result["losses"], scheduler=scheduler)
