@@ -1,0 +1,68 @@
+"""Node: load the ToyWorld model (a small SD1.x-architecture model trained on procedural shapes), or a random
+untrained TINY_TEST model for tests/CI."""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from ..models import sd1x
+
+SHIPPED = "toyworld (shipped)"
+RANDOM = "random (untrained test model)"
+WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
+                            "toyworld.safetensors")
+
+_CACHE: dict = {}
+
+
+def load_toyworld(weights: str = SHIPPED, seed: int = 0):
+    """(model_patcher, clip, vae) for a ``weights`` choice of the loader node (cached per choice and seed)."""
+    if weights == SHIPPED:
+        if not os.path.exists(WEIGHTS_PATH):
+            raise FileNotFoundError(f"the shipped ToyWorld weights are missing ({WEIGHTS_PATH}); reinstall the pack "
+                                    f"or pick '{RANDOM}'")
+        key = (SHIPPED, os.path.getmtime(WEIGHTS_PATH))
+        if key not in _CACHE:
+            _CACHE[key] = sd1x.load_weights(WEIGHTS_PATH)
+        mp, clip, vae = _CACHE[key]
+    elif weights == RANDOM:
+        key = (RANDOM, int(seed))
+        if key not in _CACHE:
+            _CACHE[key] = sd1x.build_sd1x(sd1x.TINY_TEST, seed=int(seed))
+        mp, clip, vae = _CACHE[key]
+    else:
+        raise ValueError(f"unknown weights choice {weights!r}; expected {SHIPPED!r} or {RANDOM!r}")
+    return mp.clone(), clip.clone(), vae
+
+
+class AE_ToyWorldLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_ToyWorldLoader",
+            display_name="ToyWorld Model Loader (Attention Edit)",
+            category="attention_edit/loaders",
+            description=(
+                "Loads ToyWorld: a small Stable Diffusion 1.x-architecture model (UNet, CLIP text encoder with the "
+                "real SD1 tokenizer, VAE) trained on 64x64 images of coloured shapes, e.g. 'a big red circle on "
+                "the left on white'. It runs in seconds on a CPU; use a 64x64 Empty Latent Image (8x8 latent). "
+                "'random' builds an untrained tiny model for tests."),
+            inputs=[
+                io.Combo.Input("weights", options=[SHIPPED, RANDOM], default=SHIPPED,
+                               tooltip="toyworld (shipped): the trained weights that come with the pack. "
+                                       "random (untrained test model): a tiny model with seeded random weights "
+                                       "(TINY_TEST config), for tests and CI; it draws noise."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
+                             tooltip="Only for the random test model: the seed of its weight initialisation."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, weights, seed=0) -> io.NodeOutput:
+        mp, clip, vae = load_toyworld(weights, seed)
+        return io.NodeOutput(mp, clip, vae)
+
+
+NODES = [AE_ToyWorldLoader]
