@@ -1,0 +1,243 @@
+"""Bridge between this pack's ComfyUI-native SD1.x UNet and diffusers, for cross-checking the samplers.
+
+``to_diffusers_unet(model_patcher)`` copies the weights of a ComfyUI SD1.x UNet (ldm / CompVis layout) into a
+``diffusers.UNet2DConditionModel`` with the matching config, using diffusers' own converter
+(``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint``). The config is read from the config the
+ComfyUI model was actually built with (``model.model_config.unet_config``, after ComfyUI merged its
+``unet_extra_config``), not from the pack's ``SD1xConfig``, so the two networks compute the same function.
+
+Conventions (see sampling/engine.py): ComfyUI latents inside a sampler are "VE" latents
+``x_VE = x0 + sigma * eps = x_VP / sqrt(alpha_bar)`` with ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``, in the
+0.18215-scaled latent space; diffusers samples are ``x_VP`` in the same scaled space. A ComfyUI LATENT (what
+VAEEncode returns and what the samplers return) is ``x_VE / 0.18215``.
+
+The reference loops here are written with diffusers' UNet, diffusers' ``alphas_cumprod`` and (where named)
+diffusers' schedulers only; nothing in them calls this pack's sampling code.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "SCALE_FACTOR",
+    "diffusers_unet_config",
+    "to_diffusers_unet",
+    "make_schedulers",
+    "alpha_bar_levels",
+    "sigma_of",
+    "sigmas_from_scheduler",
+    "ve_to_vp",
+    "vp_to_ve",
+    "eps_diffusers",
+    "ddim_inversion_explicit",
+    "ddim_inversion_scheduler",
+    "cfg_ddim_sample",
+]
+
+#: SD1.x latent scale factor (comfy.latent_formats.SD15.scale_factor).
+SCALE_FACTOR = 0.18215
+
+#: SD1.x training schedule, as diffusers spells it for StableDiffusionPipeline.
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# UNet
+# ----------------------------------------------------------------------------------------------------------
+
+def diffusers_unet_config(model_patcher) -> dict:
+    """The ``UNet2DConditionModel`` config matching a ComfyUI SD1.x UNet (``comfy.ldm...openaimodel.UNetModel``).
+
+    Read from ``model_patcher.model.model_config.unet_config``: block_out_channels = model_channels *
+    channel_mult, layers_per_block = num_res_blocks, CrossAttn blocks at the levels with a transformer,
+    cross_attention_dim = context_dim, and the number of heads (ldm ``num_heads``, or channels //
+    ``num_head_channels`` when num_heads is -1), which diffusers takes, for SD1.x checkpoints, through the
+    historically misnamed ``attention_head_dim`` argument.
+    """
+    uc = dict(model_patcher.model.model_config.unet_config)
+    if uc.get("use_linear_in_transformer"):
+        raise NotImplementedError("linear proj_in/proj_out (SD2.x layout) is not handled here")
+    if uc.get("adm_in_channels") is not None:
+        raise NotImplementedError("class-conditioned (ADM) UNets are not handled here")
+    mc = int(uc["model_channels"])
+    mult = list(uc["channel_mult"])
+    nres = uc["num_res_blocks"]
+    nres = list(nres) if isinstance(nres, (list, tuple)) else [nres] * len(mult)
+    if len(set(nres)) != 1:
+        raise NotImplementedError(f"diffusers needs the same num_res_blocks at every level, got {nres}")
+    depth = list(uc["transformer_depth"])  # one entry per res block of the down path
+    per_level = [depth[i * nres[0]:(i + 1) * nres[0]] for i in range(len(mult))]
+    if any(len(set(d)) != 1 for d in per_level):
+        raise NotImplementedError(f"mixed transformer depths inside a level: {per_level}")
+    level_depth = [d[0] for d in per_level]
+    chans = [mc * m for m in mult]
+    nh, nhc = int(uc.get("num_heads", -1)), int(uc.get("num_head_channels", -1))
+    heads = [nh if nh != -1 else c // nhc for c in chans]
+    mid_depth = int(uc.get("transformer_depth_middle", level_depth[-1]))
+    if mid_depth != max(level_depth[-1], 1):
+        raise NotImplementedError(f"middle transformer depth {mid_depth} vs last level {level_depth[-1]}")
+    return dict(
+        sample_size=int(uc.get("image_size") or 64),
+        in_channels=int(uc["in_channels"]),
+        out_channels=int(uc["out_channels"]),
+        block_out_channels=tuple(chans),
+        layers_per_block=nres[0],
+        down_block_types=tuple("CrossAttnDownBlock2D" if d else "DownBlock2D" for d in level_depth),
+        up_block_types=tuple("CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(level_depth)),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        transformer_layers_per_block=tuple(max(d, 1) for d in level_depth),
+        cross_attention_dim=int(uc["context_dim"]),
+        attention_head_dim=tuple(heads),
+        norm_num_groups=32,  # ldm GroupNorm32
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        use_linear_projection=False,
+    )
+
+
+def to_diffusers_unet(model_patcher, dtype: torch.dtype = torch.float32):
+    """A ``diffusers.UNet2DConditionModel`` holding the same weights as the ComfyUI MODEL (eval mode, CPU).
+
+    Raises KeyError when the converted state dict does not cover the diffusers model exactly."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    cfg = diffusers_unet_config(model_patcher)
+    unet = UNet2DConditionModel(**cfg)
+    ckpt = {"model.diffusion_model." + k: v.detach().to("cpu", torch.float32)
+            for k, v in model_patcher.model.diffusion_model.state_dict().items()}
+    converted = convert_ldm_unet_checkpoint(ckpt, unet.config)
+    own = unet.state_dict()
+    missing = [k for k in own if k not in converted]
+    extra = [k for k in converted if k not in own]
+    bad = [k for k in own if k in converted and tuple(own[k].shape) != tuple(converted[k].shape)]
+    if missing or extra or bad:
+        raise KeyError(f"ldm -> diffusers conversion mismatch: missing {missing[:3]}, extra {extra[:3]}, "
+                       f"shape {bad[:3]}")
+    unet.load_state_dict(converted, strict=True)
+    if dtype != torch.float32:
+        unet = unet.to(dtype=dtype)
+    return unet.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def eps_diffusers(unet, x_vp: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+    """diffusers' noise prediction eps(x_VP, t, emb); x_vp [B, C, H, W], emb [B or 1, 77, D]."""
+    if emb.shape[0] != x_vp.shape[0]:
+        emb = emb.expand(x_vp.shape[0], *emb.shape[1:])
+    return unet(x_vp, int(t), encoder_hidden_states=emb).sample
+
+
+# ----------------------------------------------------------------------------------------------------------
+# schedules
+# ----------------------------------------------------------------------------------------------------------
+
+def make_schedulers(steps: int, steps_offset: int = 1):
+    """(DDIMScheduler, DDIMInverseScheduler) for SD1.x (clip_sample=False, set_alpha_to_one=False, 'leading'
+    spacing, as the prompt-to-prompt notebooks and StableDiffusionPipeline use), with ``set_timesteps(steps)``."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    kw = dict(SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset,
+              timestep_spacing="leading")
+    fwd, inv = DDIMScheduler(**kw), DDIMInverseScheduler(**kw)
+    fwd.set_timesteps(steps)
+    inv.set_timesteps(steps)
+    return fwd, inv
+
+
+def alpha_bar_levels(scheduler) -> tuple[list[float], list[int]]:
+    """The levels a DDIMScheduler walks through: (alpha_bars [N + 1], timesteps [N]), descending in noise.
+
+    alpha_bars[i] = alphas_cumprod[timesteps[i]] for i < N and alpha_bars[N] = the alpha the last step goes to
+    (``final_alpha_cumprod``: alphas_cumprod[0] with set_alpha_to_one=False)."""
+    ts = [int(t) for t in scheduler.timesteps]
+    ac = scheduler.alphas_cumprod.double()
+    ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    abars = [float(ac[t]) for t in ts]
+    last_prev = ts[-1] - ratio
+    abars.append(float(ac[last_prev]) if last_prev >= 0 else float(scheduler.final_alpha_cumprod))
+    return abars, ts
+
+
+def sigma_of(alpha_bar: float) -> float:
+    """VE sigma of a VP level: sqrt((1 - alpha_bar) / alpha_bar)."""
+    return ((1.0 - alpha_bar) / alpha_bar) ** 0.5
+
+
+def sigmas_from_scheduler(scheduler) -> torch.Tensor:
+    """The pack's descending VE sigma schedule [N + 1] walking exactly the DDIMScheduler's levels."""
+    abars, _ = alpha_bar_levels(scheduler)
+    return torch.tensor([sigma_of(a) for a in abars], dtype=torch.float32)
+
+
+def ve_to_vp(x_ve: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x_VP = x_VE * sqrt(alpha_bar) = x_VE / sqrt(1 + sigma^2)."""
+    return x_ve / (1.0 + float(sigma) ** 2) ** 0.5
+
+
+def vp_to_ve(x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x_vp * (1.0 + float(sigma) ** 2) ** 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference loops (diffusers UNet + diffusers alphas)
+# ----------------------------------------------------------------------------------------------------------
+
+def _ddim_move(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
+    """DDIM (eta = 0) in VP form, Song et al. Eq. 12: x0 = (x - sqrt(1-a) eps) / sqrt(a); sqrt(a') x0 + sqrt(1-a') eps."""
+    x0 = (x - (1.0 - a_from) ** 0.5 * eps) / a_from ** 0.5
+    return a_to ** 0.5 * x0 + (1.0 - a_to) ** 0.5 * eps
+
+
+@torch.no_grad()
+def ddim_inversion_explicit(unet, scheduler, x0_vp: torch.Tensor, emb: torch.Tensor,
+                            eps_at: str = "source") -> list:
+    """DDIM inversion (guidance 1, embedding ``emb``) over the levels of ``scheduler`` (a DDIMScheduler after
+    set_timesteps), written out with diffusers' UNet and alphas. Returns the VP trajectory, clean .. x_T.
+
+    The step from level a to the next noisier level b moves by Eq. 12 with a noise prediction taken at
+      * eps_at="source": eps(x_a, t_a) -- Mokady et al. 2022 Eq. (DDIM inversion as written in the paper); the
+        clean latent's level (final_alpha_cumprod) is evaluated at timestep 0;
+      * eps_at="target": eps(x_a, t_b) -- the reference notebook's ``ddim_loop`` + ``next_step``
+        (google/prompt-to-prompt null_text_w_ptp.ipynb) and diffusers' DDIMInverseScheduler.
+    """
+    if eps_at not in ("source", "target"):
+        raise ValueError(eps_at)
+    abars, ts = alpha_bar_levels(scheduler)
+    N = len(ts)
+    src_t = ts[1:] + [0]  # timestep of each level's own noise: levels abars[1:], abars[N] -> t=0
+    x = x0_vp
+    traj = [x]
+    for k in range(N, 0, -1):  # level k -> level k-1 (noisier)
+        t_eval = src_t[k - 1] if eps_at == "source" else ts[k - 1]
+        eps = eps_diffusers(unet, x, t_eval, emb)
+        x = _ddim_move(x, eps, abars[k], abars[k - 1])
+        traj.append(x)
+    return traj
+
+
+@torch.no_grad()
+def ddim_inversion_scheduler(unet, inverse_scheduler, x0_vp: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """diffusers' DDIMInverseScheduler loop as StableDiffusionDiffEditPipeline / the docs run it:
+    for t in timesteps (ascending): x = step(eps(x, t), t, x)."""
+    x = x0_vp
+    for t in inverse_scheduler.timesteps:
+        x = inverse_scheduler.step(eps_diffusers(unet, x, int(t), emb), t, x).prev_sample
+    return x
+
+
+@torch.no_grad()
+def cfg_ddim_sample(unet, scheduler, x_T_vp: torch.Tensor, cond: torch.Tensor, uncond: Sequence[torch.Tensor] | torch.Tensor,
+                    guidance_scale: float) -> torch.Tensor:
+    """DDIMScheduler.step loop with classifier-free guidance, eps = eps_u + s (eps_c - eps_u), the conditional
+    and unconditional rows in one UNet batch (as StableDiffusionPipeline). ``uncond``: one embedding, or one
+    per step. Returns the final VP sample (at final_alpha_cumprod)."""
+    x = x_T_vp
+    for i, t in enumerate(scheduler.timesteps):
+        u = uncond[i] if isinstance(uncond, (list, tuple)) else uncond
+        out = unet(torch.cat([x, x]), int(t), encoder_hidden_states=torch.cat([u, cond])).sample
+        eps_u, eps_c = out.chunk(2)
+        x = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x).prev_sample
+    return x
