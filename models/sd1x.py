@@ -264,6 +264,9 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
 
     # ---- UNet
     model_config = comfy.supported_models.SD15(unet_config_dict(cfg))
+    # SD15's unet_extra_config forces num_heads = 8 over the given config: honour ours
+    model_config.unet_config["num_heads"] = cfg.num_heads
+    model_config.unet_config["num_head_channels"] = -1
     load_device = mm.get_torch_device()
     unet_dtype = dtype
     if unet_dtype is None:
