@@ -76,23 +76,27 @@ def _vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, cond_emb: torch.Tensor,
                         progress: Optional[Callable[[int, int], None]] = None) -> list:
-    """DDIM inversion with the conditional embedding only (guidance 1), as the reference does.
+    """DDIM inversion with the conditional embedding only (guidance 1), stepping like the reference.
 
     x0: [1, C, H, W] clean latent (processed scale); sigmas: [N + 1] descending replay schedule.
-    Returns the trajectory [x at sigmas[N], x at sigmas[N-1], ..., x at sigmas[0]] (N + 1 tensors);
-    the last one is x_T. The step from level s to the next level s' uses eps predicted at (x, max(s, sigma_min))
-    (at s = 0 the clean latent is treated as lying at the model's smallest sigma, like the reference's t = 0).
+    Returns the trajectory [x at sigmas[N], x at sigmas[N-1], ..., x at sigmas[0]] (N + 1 tensors); the last
+    is x_T. As in the reference (null_text_w_ptp.ipynb ``next_step``; diffusers ``DDIMInverseScheduler``), the
+    step from level a to the next level b uses the noise predicted for the *current* sample at the *target*
+    timestep, eps(x_a, t_b); in ComfyUI's VE form the model input is rescaled so that its VP input is x_a's:
+    x_in = x_a * sqrt((1 + s_b^2) / (1 + s_a^2)). Then x_b = x_a + eps * (s_b - s_a). Level 0 (the clean latent)
+    is taken as the model's smallest sigma, like the reference's final_alpha_cumprod = alphas_cumprod[0].
     """
     N = len(sigmas) - 1
     xs = [x0]
     x = x0
     for k in range(N, 0, -1):
         throw_if_interrupted()
-        s_from, s_to = float(sigmas[k]), float(sigmas[k - 1])
-        s_eval = max(s_from, den.sigma_min)
-        c, _ = den.denoise(x, s_eval, cond_emb, None)
-        eps = (x - c) / s_eval
-        x = x + eps * (s_to - s_from)
+        s_a = max(float(sigmas[k]), den.sigma_min)
+        s_b = float(sigmas[k - 1])
+        x_in = x * ((1.0 + s_b ** 2) / (1.0 + s_a ** 2)) ** 0.5
+        c, _ = den.denoise(x_in, s_b, cond_emb, None)
+        eps = (x_in - c) / s_b
+        x = x + eps * (s_b - s_a)
         xs.append(x)
         if progress:
             progress(N - k + 1, N)

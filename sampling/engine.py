@@ -132,11 +132,32 @@ def make_trainable(model_patcher) -> None:
                 module._buffers[name] = b.clone()
 
 
+P2P_DDIM = "p2p_ddim"
+
+
+def schedule_names() -> list:
+    """Schedulers an inversion can use: the reference DDIM timesteps first, then ComfyUI's."""
+    return [P2P_DDIM] + list(comfy.samplers.SCHEDULER_NAMES)
+
+
 def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
-    """The descending sigma schedule [steps + 1] an inversion is replayed on (ComfyUI scheduler names)."""
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {comfy.samplers.SCHEDULER_NAMES}")
+    """The descending sigma schedule an inversion is replayed on, as a CPU float tensor.
+
+    'p2p_ddim' is the reference's DDIM schedule (google/prompt-to-prompt, diffusers DDIMScheduler without
+    steps_offset): timesteps t_k = k * (1000 // steps) for k = steps-1 .. 0 (980, 960, ..., 0 at 50 steps), then
+    sigma 0; exactly ``steps`` steps. Other names are ComfyUI's schedulers (``comfy.samplers.calculate_sigmas``);
+    some of them (ddim_uniform) may return one step more than asked.
+    """
+    if scheduler not in schedule_names():
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {schedule_names()}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     ms = model_patcher.get_model_object("model_sampling")
+    if scheduler == P2P_DDIM:
+        n_train = len(ms.sigmas)
+        ts = torch.arange(steps - 1, -1, -1, dtype=torch.float32) * (n_train // steps)
+        sig = ms.sigma(ts).float().cpu()
+        return torch.cat([sig, sig.new_zeros(1)])
     return comfy.samplers.calculate_sigmas(ms, scheduler, steps).float().cpu()
 
 

@@ -1,0 +1,129 @@
+"""From an edit description (prompts, schedules, words) to a P2PController.
+
+``EditSpec`` is the value the edit nodes build and pass on (ComfyUI type AE_P2P_EDIT); ``build_controller``
+resolves it against the source prompt with the real CLIP tokenizer. Every user mistake becomes a ValueError
+that says what was wrong and how to fix it (words not in a prompt list the prompt's words; word swap with
+different word counts suggests refine; over-long and empty prompts are refused).
+
+Defaults follow the reference notebooks (reference-details 1.1): cross_replace_steps 0.8, self_replace_steps
+0.4 (null-text notebook: 0.5-0.7 for real photos), local blend threshold 0.3, start 0.2 of the steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import align
+from .controllers import LocalBlend, P2PController, PromptEdit, SelfInjection
+
+Window = Union[float, tuple]
+
+
+@dataclass(frozen=True)
+class LocalBlendSpec:
+    """Local blend words and settings. source_words are looked up in the source prompt, target_words in every
+    edited prompt; ``use`` picks the mask: 'both' (union, reference), 'source' (Custom-Edit), 'target'."""
+
+    source_words: tuple = ()
+    target_words: tuple = ()
+    use: str = "both"
+    threshold: float = 0.3
+    start: float = 0.2
+    downscale: float = 4.0
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """A Prompt-to-Prompt edit, independent of the model and of the source prompt.
+
+    target_prompts:      edited prompts (one output image each).
+    mode:                'auto' (replace when word counts match, else refine), 'replace' or 'refine'.
+    cross_replace_steps: fraction f (= (0, f)), a (start, end) pair of fractions, or a dict
+                         {'default_': window, word: window} of per-word windows (words of the edited prompts).
+    self_replace_steps:  fraction or (start, end) pair.
+    self_min_downscale:  self-attention is injected only on maps at least this many times smaller than the
+                         latent per side (4: <= 16x16 at 512px, the stable notebook; 2: <= 32x32, NTI notebook).
+    equalizer:           ((word, factor), ...) attention re-weighting of words of the edited prompts.
+    local_blend:         optional LocalBlendSpec.
+    """
+
+    target_prompts: tuple
+    mode: str = "auto"
+    cross_replace_steps: object = 0.8
+    self_replace_steps: object = 0.4
+    self_min_downscale: float = 4.0
+    equalizer: tuple = ()
+    local_blend: Optional[LocalBlendSpec] = None
+
+    def with_equalizer(self, word_values: Sequence) -> "EditSpec":
+        return replace(self, equalizer=tuple(self.equalizer) + tuple((w, float(v)) for w, v in word_values))
+
+    def with_local_blend(self, lb: LocalBlendSpec) -> "EditSpec":
+        return replace(self, local_blend=lb)
+
+
+def _tokens(tokenizer, prompt: str, words: Sequence[str]) -> list[int]:
+    out: list[int] = []
+    for w in words:
+        out.extend(align.word_token_indices(tokenizer, prompt, w))
+    return sorted(set(out))
+
+
+def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: int) -> P2PController:
+    """Resolves ``spec`` for ``source_prompt`` into a P2PController for ``num_steps`` sampling steps."""
+    if not spec.target_prompts:
+        raise ValueError("the edit has no edited prompt; type at least one edited prompt")
+    prompts = [source_prompt] + list(spec.target_prompts)
+    alpha = align.cross_replace_alpha(tokenizer, prompts, num_steps, spec.cross_replace_steps)  # [N+1, P-1, 77]
+    edits = []
+    for i, target in enumerate(spec.target_prompts):
+        a = align.align_prompts(tokenizer, source_prompt, target, spec.mode)
+        eq = None
+        if spec.equalizer:
+            eq = align.equalizer(tokenizer, target, list(spec.equalizer))
+        edits.append(PromptEdit(kind=a.mode, mapper=a.mapper, alphas=None if a.mode == "replace" else a.alphas,
+                                cross_alpha=alpha[:, i, :].clone(), equalizer=eq))
+    start, end = align.self_replace_range(num_steps, spec.self_replace_steps)
+    self_inj = SelfInjection(start, end, spec.self_min_downscale) if end > start else None
+    blend = None
+    lb = spec.local_blend
+    if lb is not None:
+        if not lb.source_words and not lb.target_words:
+            raise ValueError("local blend needs at least one word: give the source words (what to change in the "
+                             "photo) and/or the target words (what it becomes)")
+        if lb.use == "source" and not lb.source_words:
+            raise ValueError("local blend 'use' is 'source' but no source words were given")
+        if lb.use == "target" and not lb.target_words:
+            raise ValueError("local blend 'use' is 'target' but no target words were given")
+        blend = LocalBlend(
+            source_tokens=_tokens(tokenizer, source_prompt, lb.source_words),
+            target_tokens=[_tokens(tokenizer, t, lb.target_words) for t in spec.target_prompts],
+            use=lb.use, threshold=lb.threshold, start_step=int(round(lb.start * num_steps)),
+            downscale=lb.downscale)
+    return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend)
+
+
+def split_words(text: str) -> tuple:
+    """'cat, dog' -> ('cat', 'dog'); empty pieces dropped."""
+    return tuple(w.strip() for w in text.replace(";", ",").split(",") if w.strip())
+
+
+def attention_grid(maps: torch.Tensor, tokens: Sequence[str], cell: int = 64) -> torch.Tensor:
+    """Per-token attention maps as an IMAGE grid. maps: [h, w, T] (one prompt); tokens: the labels of the
+    columns to show (position 1..len). Returns [1, rows*cell, cols*cell, 3] in [0, 1], each map normalised to
+    its own max (the reference show_cross_attention does the same)."""
+    import torch.nn.functional as F
+
+    n = len(tokens)
+    cols = min(n, 8)
+    rows = (n + cols - 1) // cols
+    out = torch.zeros(rows * cell, cols * cell, 3)
+    for j in range(n):
+        m = maps[..., j + 1][None, None].float()
+        m = F.interpolate(m, size=(cell, cell), mode="bilinear", align_corners=False)[0, 0]
+        m = m / m.max().clamp_min(1e-12)
+        r, c = divmod(j, cols)
+        out[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = m[..., None].expand(cell, cell, 3)
+    return out[None]

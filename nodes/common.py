@@ -1,0 +1,66 @@
+"""Shared glue for the pack's nodes: custom types, categories, prompt encoding, progress."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from comfy_api.latest import io
+
+import comfy.utils
+
+from ..attention import align
+
+CATEGORY = "attention_edit"
+
+# Custom ComfyUI types passed between the pack's nodes
+Inversion = io.Custom("AE_INVERSION")
+P2PEdit = io.Custom("AE_P2P_EDIT")
+AttentionMaps = io.Custom("AE_ATTENTION_MAPS")
+
+
+@dataclass
+class AttentionMapsValue:
+    """Cross-attention maps recorded during an edit (AE_ATTENTION_MAPS).
+
+    store: the AttentionStore; prompts: [source, edit_1, ...]; tokens: per prompt, the decoded token strings
+    of its words (without BOS/EOS), in token order.
+    """
+
+    store: object
+    prompts: list
+    tokens: list = field(default_factory=list)
+
+
+def encode(clip, prompt: str, what: str = "prompt"):
+    """CONDITIONING of ``prompt``; refuses empty and over-long prompts with a clear message."""
+    if clip is None:
+        raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
+    if not prompt.strip():
+        raise ValueError(f"the {what} is empty; type a prompt that describes the image")
+    n = len(align.hf_tokenizer(clip.tokenizer)(prompt)["input_ids"]) - 2
+    if n > align.MAX_PROMPT_TOKENS:
+        raise ValueError(f"the {what} is {n} CLIP tokens long; Prompt-to-Prompt needs at most "
+                         f"{align.MAX_PROMPT_TOKENS} (one 77-token chunk): shorten it")
+    return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+
+
+def token_strings(clip, prompt: str) -> list:
+    tok = align.hf_tokenizer(clip.tokenizer)
+    ids = tok(prompt)["input_ids"][1:-1]
+    return [tok.decode([i]).strip() for i in ids]
+
+
+class Progress:
+    """Progress reporting through ComfyUI's ProgressBar (which also stops the run on /interrupt)."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update_absolute(done, total)
+
+
+def latent_samples(latent: dict) -> torch.Tensor:
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError("expected a LATENT (e.g. from VAE Encode)")
+    return latent["samples"]

@@ -1,0 +1,202 @@
+"""Nodes: describe a Prompt-to-Prompt edit (word swap / refine, reweight, local blend), run it, preview maps."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..attention import align
+from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
+from ..sampling.edit import edit as run_edit
+from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress, encode,
+                     latent_samples, token_strings)
+
+
+class AE_P2PEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_P2PEdit",
+            display_name="Prompt-to-Prompt Edit",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description=("Describes a Prompt-to-Prompt edit (Hertz et al. 2022): the edited prompt(s) reuse the "
+                         "source prompt's attention maps. Word swap when the word counts match, refine when "
+                         "words are added or removed."),
+            inputs=[
+                io.String.Input("edited_prompts", multiline=True, default="a photo of a dog",
+                                tooltip="The edited prompt; several edited prompts, one per line, give one image "
+                                        "each."),
+                io.Combo.Input("mode", options=["auto", "replace", "refine"], default="auto",
+                               tooltip="replace: word swap (same number of words). refine: words added or removed "
+                                       "(tokens aligned by global alignment). auto: replace when the word counts "
+                                       "match, else refine."),
+                io.String.Input("cross_replace_steps", default="0.8",
+                                tooltip="When the source's cross-attention maps are injected, as a fraction of "
+                                        "the steps: '0.8' = first 80%; '0.2,0.8' = a range; per word: "
+                                        "'0.8; lion: 0.4; cat: 0.1,0.5' (words of the edited prompt). Reference "
+                                        "default 0.8."),
+                io.String.Input("self_replace_steps", default="0.4",
+                                tooltip="When the source's self-attention maps are injected: '0.4' = first 40% "
+                                        "of the steps, or a range '0.1,0.5'. More keeps more of the layout "
+                                        "(reference 0.4; real photos 0.5-0.7)."),
+                io.Combo.Input("self_replace_max_resolution", options=["1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)",
+                                                                       "1/8 (8x8 at 512px)", "full"],
+                               default="1/4 (16x16 at 512px)",
+                               tooltip="Self-attention is injected only on UNet levels whose maps are at most "
+                                       "this fraction of the latent per side. 1/4 is the stable notebook's 16x16 "
+                                       "limit at 512px, 1/2 the null-text notebook's 32x32."),
+            ],
+            outputs=[P2PEdit.Output("edit", tooltip="The edit; add Reweight / Local Blend, then connect it to "
+                                                    "Prompt-to-Prompt Edit Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, edited_prompts, mode, cross_replace_steps, self_replace_steps,
+                self_replace_max_resolution) -> io.NodeOutput:
+        prompts = tuple(p.strip() for p in edited_prompts.splitlines() if p.strip())
+        if not prompts:
+            raise ValueError("the edited prompt is empty; type the prompt that describes the edited image")
+        downscale = {"1/4": 4.0, "1/2": 2.0, "1/8": 8.0, "full": 1.0}[self_replace_max_resolution.split(" ")[0]]
+        spec = EditSpec(target_prompts=prompts, mode=mode,
+                        cross_replace_steps=align.parse_cross_replace_steps(cross_replace_steps),
+                        self_replace_steps=align.parse_self_replace_steps(self_replace_steps),
+                        self_min_downscale=downscale)
+        return io.NodeOutput(spec)
+
+
+class AE_P2PReweight(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_P2PReweight",
+            display_name="Prompt-to-Prompt Reweight (Equalizer)",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description=("Scales the attention of words of the edited prompt (P2P attention re-weighting): "
+                         "above 1 strengthens a word, 0 removes its influence, negative values invert it."),
+            inputs=[
+                P2PEdit.Input("edit", tooltip="The edit to add the equalizer to."),
+                io.String.Input("equalizer", default="smiling: 2",
+                                tooltip="word: factor pairs, separated by commas, e.g. 'smiling: 5, pink: -1'. "
+                                        "Words of the edited prompt."),
+            ],
+            outputs=[P2PEdit.Output("edit", tooltip="The edit with the equalizer.")],
+        )
+
+    @classmethod
+    def execute(cls, edit, equalizer) -> io.NodeOutput:
+        return io.NodeOutput(edit.with_equalizer(align.parse_word_values(equalizer)))
+
+
+class AE_P2PLocalBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_P2PLocalBlend",
+            display_name="Prompt-to-Prompt Local Blend",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description=("Keeps the photo unchanged outside a mask made from the attention maps of the given "
+                         "words (P2P local blend): map -> 3x3 max-pool -> normalise -> threshold."),
+            inputs=[
+                P2PEdit.Input("edit", tooltip="The edit to add local blend to."),
+                io.String.Input("source_words", default="cat",
+                                tooltip="Words of the source prompt whose region may change, comma-separated."),
+                io.String.Input("target_words", default="dog",
+                                tooltip="Words of the edited prompt whose region may change, comma-separated."),
+                io.Combo.Input("use", options=["both", "source", "target"], default="both",
+                               tooltip="Which words make the mask: both (union, reference), source only "
+                                       "(Custom-Edit), or target only."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Mask threshold on the max-normalised attention map (reference 0.3)."),
+                io.Float.Input("start", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Blend from this fraction of the steps on (reference 0.2)."),
+            ],
+            outputs=[P2PEdit.Output("edit", tooltip="The edit with local blend.")],
+        )
+
+    @classmethod
+    def execute(cls, edit, source_words, target_words, use, threshold, start) -> io.NodeOutput:
+        lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
+                            use=use, threshold=threshold, start=start)
+        return io.NodeOutput(edit.with_local_blend(lb))
+
+
+class AE_P2PEditSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_P2PEditSampler",
+            display_name="Prompt-to-Prompt Edit Sampler",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description=("Replays an inversion with the source prompt and the edited prompt(s) as one batch, the "
+                         "attention controller installed on a clone of the model. Output 0 of the batch is the "
+                         "reconstruction, then one image per edited prompt."),
+            inputs=[
+                io.Model.Input("model", tooltip="The same model the image was inverted with."),
+                io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
+                Inversion.Input("inversion", tooltip="From Invert Image."),
+                P2PEdit.Input("edit", optional=True,
+                              tooltip="The edit. Without it, only the reconstruction is made."),
+                io.Int.Input("steps", default=0, min=0, max=1000, optional=True,
+                             tooltip="0 = the inversion's steps. Any other value must equal them."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional: the encoded photo, to check it has the inversion's size."),
+            ],
+            outputs=[
+                io.Latent.Output("latents", tooltip="Reconstruction followed by the edits, as one batch."),
+                io.Latent.Output("reconstruction", tooltip="The reconstruction of the photo."),
+                io.Latent.Output("edited", tooltip="The edited image(s)."),
+                AttentionMaps.Output("attention", tooltip="Averaged cross-attention maps, for the preview node."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, inversion, edit=None, steps=0, latent=None) -> io.NodeOutput:
+        inversion.check_compatible(steps=steps or None,
+                                   latent_shape=latent_samples(latent).shape if latent is not None else None)
+        N = inversion.steps
+        controller = None
+        conds = []
+        prompts = [inversion.source_prompt]
+        if edit is not None:
+            controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N)
+            conds = [encode(clip, p, "edited prompt") for p in edit.target_prompts]
+            prompts += list(edit.target_prompts)
+        out = run_edit(model, inversion, conds, controller, progress=Progress(N))
+        maps = AttentionMapsValue(store=controller.store if controller else None, prompts=prompts,
+                                  tokens=[token_strings(clip, p) for p in prompts])
+        return io.NodeOutput({"samples": out}, {"samples": out[:1].clone()},
+                             {"samples": out[1:].clone() if out.shape[0] > 1 else out[:1].clone()}, maps)
+
+
+class AE_AttentionMapPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_AttentionMapPreview",
+            display_name="Attention Map Preview",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description="Shows the averaged cross-attention map of each token of a prompt as an image grid.",
+            inputs=[
+                AttentionMaps.Input("attention", tooltip="From Prompt-to-Prompt Edit Sampler."),
+                io.Int.Input("prompt_index", default=0, min=0, max=64,
+                             tooltip="0 = the source prompt, 1 = the first edited prompt, ..."),
+                io.Int.Input("cell_size", default=64, min=16, max=512,
+                             tooltip="Pixel size of each token's map in the grid."),
+            ],
+            outputs=[io.Image.Output("image", tooltip="One cell per token, in prompt order.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, attention, prompt_index, cell_size) -> io.NodeOutput:
+        if attention.store is None or not attention.store.sums:
+            raise ValueError("no attention maps were recorded: connect an edit to the Edit Sampler")
+        if prompt_index >= len(attention.prompts):
+            raise ValueError(f"prompt_index {prompt_index} is out of range: the edit has "
+                             f"{len(attention.prompts)} prompts (0 = source)")
+        store = attention.store
+        hw = store.nearest(max(store.resolutions(), key=lambda r: r[0] * r[1]))
+        maps = store.average(hw)[prompt_index]
+        img = attention_grid(maps, attention.tokens[prompt_index], cell=cell_size)
+        return io.NodeOutput(img)
+
+
+NODES = [AE_P2PEdit, AE_P2PReweight, AE_P2PLocalBlend, AE_P2PEditSampler, AE_AttentionMapPreview]

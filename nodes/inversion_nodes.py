@@ -1,0 +1,76 @@
+"""Node: invert a real photo (DDIM, null-text or negative-prompt inversion)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..inversion.core import METHODS, invert
+from ..sampling.engine import P2P_DDIM, replay_schedule, schedule_names
+from .common import CATEGORY, Inversion, Progress, encode, latent_samples
+
+
+class AE_InvertImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_InvertImage",
+            display_name="Invert Image (Null-text / DDIM)",
+            category=f"{CATEGORY}/inversion",
+            description=(
+                "Inverts a photo so it can be edited with Prompt-to-Prompt: DDIM inversion with the source prompt, "
+                "then (null_text) per-step optimisation of the unconditional embedding so that sampling at the "
+                "given CFG scale reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast "
+                "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x-style UNet)."),
+                io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
+                io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode (one image)."),
+                io.String.Input("source_prompt", multiline=True, default="a photo of a cat",
+                                tooltip="A prompt that describes the photo. The edited prompts are compared with "
+                                        "it word by word."),
+                io.Combo.Input("method", options=list(METHODS), default="null_text",
+                               tooltip="null_text: most faithful (optimises a null-text embedding per step; "
+                                       "slowest). negative_prompt: DDIM inversion + the source prompt as negative "
+                                       "prompt (fast, a little less faithful). ddim: plain DDIM inversion (fast; "
+                                       "reconstructs poorly at CFG > 1)."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Sampling steps of the inversion; the edit replays exactly these (reference: "
+                                     "50)."),
+                io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance scale the inversion is made for and the edit "
+                                       "uses (reference: 7.5)."),
+                io.Combo.Input("scheduler", options=schedule_names(), default=P2P_DDIM,
+                               tooltip="Sigma schedule. p2p_ddim: the reference's DDIM timesteps (980, 960, ..., 0 "
+                                       "at 50 steps), exactly 'steps' steps. The others are ComfyUI's schedulers."),
+                io.Int.Input("num_inner_steps", default=10, min=1, max=100,
+                             tooltip="null_text only: Adam iterations per step at most (reference: 10)."),
+                io.Float.Input("early_stop_epsilon", default=1e-5, min=0.0, max=1.0, step=1e-6,
+                               tooltip="null_text only: stop a step's optimisation when the loss falls below "
+                                       "epsilon + 1e-3 * step / steps (reference: 1e-5 + 2e-5 * step at 50 "
+                                       "steps)."),
+                io.Float.Input("learning_rate", default=1e-2, min=0.0, max=1.0, step=1e-4,
+                               tooltip="null_text only: Adam learning rate at the first step; decays linearly "
+                                       "to half at the last (reference: 1e-2)."),
+            ],
+            outputs=[
+                Inversion.Output("inversion", tooltip="The inversion (x_T, schedule, null-text embeddings, source "
+                                                      "prompt); connect it to Prompt-to-Prompt Edit Sampler."),
+                io.Latent.Output("noise_latent", tooltip="x_T, the inverted latent, as a LATENT."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
+                early_stop_epsilon, learning_rate) -> io.NodeOutput:
+        x = latent_samples(latent)
+        src = encode(clip, source_prompt, "source prompt")
+        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        sigmas = replay_schedule(model, scheduler, steps)
+        total = steps * (2 if method == "null_text" else 1)
+        inv = invert(model, x, src, empty, sigmas, method=method, guidance_scale=cfg,
+                     num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
+                     learning_rate=learning_rate, source_prompt=source_prompt, scheduler=scheduler,
+                     progress=Progress(total))
+        return io.NodeOutput(inv, {"samples": inv.x_T.clone()})
+
+
+NODES = [AE_InvertImage]
