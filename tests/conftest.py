@@ -1,0 +1,61 @@
+"""Shared fixtures: a real in-process ComfyUI (``comfy``), a real photo (``photo``) and a real ComfyUI server
+process (``comfy_server``, started lazily, only by tests that request it; those tests get the ``server`` marker,
+so ``pytest -m "not server"`` skips them)."""
+import os
+
+import pytest
+
+from attention_edit.testing import comfy_env
+
+# ComfyUI reads args.cpu when comfy.model_management is first imported: set it before any test module
+# (or the code it imports) gets there.
+comfy_env.configure_cpu()
+
+# torch CPU threads for the whole test session and the server (AE_TEST_THREADS, default 1; 0 = torch's default):
+# on a small shared machine OpenMP workers spin against other processes, and a tiny-model KSampler went from
+# 0.1 s (1 thread) to 7-12 s (2 threads on 2 busy cores).
+THREADS = int(os.environ.get("AE_TEST_THREADS", "1"))
+if THREADS:
+    import torch
+
+    torch.set_num_threads(THREADS)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server: starts a real ComfyUI server process (about 5-10 s, once per session)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "comfy_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """ComfyUI initialised in-process (CPU, core nodes + this pack); yields the comfy_env module."""
+    comfy_env.init_comfy(tmp_path_factory.mktemp("comfy_base"), threads=THREADS or None)
+    yield comfy_env
+    comfy_env.release()
+
+
+@pytest.fixture(scope="session")
+def _cat64():
+    from attention_edit.testing.photos import photo
+
+    return photo("cat", 64)
+
+
+@pytest.fixture
+def photo(_cat64):
+    """The cat photo (skimage chelsea) as an IMAGE tensor [1, 64, 64, 3] in [0, 1]; a fresh copy per test."""
+    return _cat64.clone()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A real ComfyUI server (main.py --cpu on a free loopback port) with this pack in custom_nodes/."""
+    from attention_edit.testing.server import ComfyServer
+
+    with ComfyServer(tmp_path_factory.mktemp("comfy_server"), threads=THREADS or None) as srv:
+        yield srv
