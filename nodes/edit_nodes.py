@@ -1,7 +1,7 @@
 """Nodes: describe a Prompt-to-Prompt edit (word swap / refine, reweight, local blend), run it, preview maps."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..attention import align
 from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
@@ -77,7 +77,7 @@ class AE_P2PReweight(io.ComfyNode):
                                 tooltip="word: factor pairs, separated by commas, e.g. 'smiling: 5, pink: -1'. "
                                         "Words of the edited prompt."),
             ],
-            outputs=[P2PEdit.Output("edit", tooltip="The edit with the equalizer.")],
+            outputs=[P2PEdit.Output("edit_out", display_name="edit", tooltip="The edit with the equalizer.")],
         )
 
     @classmethod
@@ -108,7 +108,7 @@ class AE_P2PLocalBlend(io.ComfyNode):
                 io.Float.Input("start", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="Blend from this fraction of the steps on (reference 0.2)."),
             ],
-            outputs=[P2PEdit.Output("edit", tooltip="The edit with local blend.")],
+            outputs=[P2PEdit.Output("edit_out", display_name="edit", tooltip="The edit with local blend.")],
         )
 
     @classmethod
@@ -196,7 +196,7 @@ class AE_AttentionMapPreview(io.ComfyNode):
         hw = store.nearest(max(store.resolutions(), key=lambda r: r[0] * r[1]))
         maps = store.average(hw)[prompt_index]
         img = attention_grid(maps, attention.tokens[prompt_index], cell=cell_size)
-        return io.NodeOutput(img)
+        return io.NodeOutput(img, ui=ui.PreviewImage(img, cls=cls))
 
 
 NODES = [AE_P2PEdit, AE_P2PReweight, AE_P2PLocalBlend, AE_P2PEditSampler, AE_AttentionMapPreview]
