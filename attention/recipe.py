@@ -111,19 +111,28 @@ def split_words(text: str) -> tuple:
 
 
 def attention_grid(maps: torch.Tensor, tokens: Sequence[str], cell: int = 64) -> torch.Tensor:
-    """Per-token attention maps as an IMAGE grid. maps: [h, w, T] (one prompt); tokens: the labels of the
-    columns to show (position 1..len). Returns [1, rows*cell, cols*cell, 3] in [0, 1], each map normalised to
-    its own max (the reference show_cross_attention does the same)."""
-    import torch.nn.functional as F
+    """Per-token attention maps as a labelled IMAGE grid.
 
-    n = len(tokens)
+    maps: [h, w, T] (one prompt, T = 77, BOS at 0); tokens: the prompt's token strings (positions 1..len).
+    Returns [1, rows * (cell + 14), cols * cell, 3] floats in [0, 1]: each map bilinearly resized to
+    cell x cell and normalised to its own max (as the reference show_cross_attention does), its token below it.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image, ImageDraw
+
+    n = max(len(tokens), 1)
     cols = min(n, 8)
     rows = (n + cols - 1) // cols
-    out = torch.zeros(rows * cell, cols * cell, 3)
-    for j in range(n):
+    label = 14
+    canvas = Image.new("RGB", (cols * cell, rows * (cell + label)), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for j, tok in enumerate(tokens):
         m = maps[..., j + 1][None, None].float()
         m = F.interpolate(m, size=(cell, cell), mode="bilinear", align_corners=False)[0, 0]
-        m = m / m.max().clamp_min(1e-12)
+        m = (m / m.max().clamp_min(1e-12)).clamp(0, 1)
+        tile = Image.fromarray((m.cpu().numpy() * 255).astype(np.uint8)).convert("RGB")
         r, c = divmod(j, cols)
-        out[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = m[..., None].expand(cell, cell, 3)
-    return out[None]
+        canvas.paste(tile, (c * cell, r * (cell + label)))
+        draw.text((c * cell + 2, r * (cell + label) + cell + 1), str(tok)[: max(cell // 6, 3)], fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
