@@ -136,3 +136,32 @@ def attention_grid(maps: torch.Tensor, tokens: Sequence[str], cell: int = 64) ->
         canvas.paste(tile, (c * cell, r * (cell + label)))
         draw.text((c * cell + 2, r * (cell + label) + cell + 1), str(tok)[: max(cell // 6, 3)], fill=(255, 255, 255))
     return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+
+
+def describe_alignment(tokenizer, source: str, target: str, mode: str = "auto") -> dict:
+    """A human-readable summary of how ``target`` edits ``source`` (for the UI's alignment display).
+
+    Returns {"mode": 'replace'|'refine', "swaps": [[src_word, tgt_word], ...], "added": [words],
+    "removed": [words], "source_tokens": n, "target_tokens": m} or {"error": message} when the prompts cannot
+    be aligned (the same ValueError text the sampler would raise).
+    """
+    import difflib
+
+    try:
+        a = align.align_prompts(tokenizer, source, target, mode)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    sw, tw = align.prompt_words(source), align.prompt_words(target)
+    swaps, added, removed = [], [], []
+    if a.mode == "replace":
+        swaps = [[s, t] for s, t in zip(sw, tw) if s != t]
+    else:
+        ops = difflib.SequenceMatcher(a=[w.lower() for w in sw], b=[w.lower() for w in tw], autojunk=False)
+        for tag, i1, i2, j1, j2 in ops.get_opcodes():
+            if tag in ("insert", "replace"):
+                added.extend(tw[j1:j2])
+            if tag in ("delete", "replace"):
+                removed.extend(sw[i1:i2])
+    tok = align.hf_tokenizer(tokenizer)
+    return {"mode": a.mode, "swaps": swaps, "added": added, "removed": removed,
+            "source_tokens": len(tok(source)["input_ids"]) - 2, "target_tokens": len(tok(target)["input_ids"]) - 2}

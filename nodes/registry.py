@@ -18,4 +18,7 @@ class AttentionEditExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ComfyExtension:
+    from .routes import register_routes
+
+    register_routes()
     return AttentionEditExtension()
