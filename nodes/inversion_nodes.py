@@ -1,9 +1,12 @@
 """Node: invert a real photo (DDIM, null-text or negative-prompt inversion)."""
 from __future__ import annotations
 
+import os
+
 from comfy_api.latest import io
 
 from ..inversion.core import METHODS, invert
+from ..inversion.store import load_inversion, save_inversion
 from ..sampling.engine import P2P_DDIM, replay_schedule, schedule_names
 from .common import CATEGORY, Inversion, Progress, encode, latent_samples
 
@@ -73,4 +76,74 @@ class AE_InvertImage(io.ComfyNode):
         return io.NodeOutput(inv, {"samples": inv.x_T.clone()})
 
 
-NODES = [AE_InvertImage]
+
+def _inversion_dir() -> str:
+    import folder_paths
+
+    return os.path.join(folder_paths.get_output_directory(), "inversions")
+
+
+def _inversion_files() -> list:
+    d = _inversion_dir()
+    files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors")) if os.path.isdir(d) else []
+    return files or ["(none saved yet)"]
+
+
+class AE_SaveInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_SaveInversion",
+            display_name="Save Inversion",
+            category=f"{CATEGORY}/inversion",
+            description="Saves an inversion (x_T, schedule, null-text embeddings, source prompt) as safetensors in "
+                        "output/inversions/, so a slow null-text inversion can be reused in later sessions.",
+            inputs=[
+                Inversion.Input("inversion", tooltip="From Invert Image."),
+                io.String.Input("filename_prefix", default="inversion",
+                                tooltip="File name prefix; a counter is appended (prefix_00001.safetensors)."),
+            ],
+            outputs=[Inversion.Output("inversion_out", display_name="inversion", tooltip="The same inversion.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, inversion, filename_prefix) -> io.NodeOutput:
+        prefix = os.path.basename(filename_prefix.strip()) or "inversion"
+        d = _inversion_dir()
+        os.makedirs(d, exist_ok=True)
+        n = 1
+        while os.path.exists(os.path.join(d, f"{prefix}_{n:05d}.safetensors")):
+            n += 1
+        path = save_inversion(os.path.join(d, f"{prefix}_{n:05d}.safetensors"), inversion)
+        return io.NodeOutput(inversion, ui={"text": [os.path.basename(path)]})
+
+
+class AE_LoadInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_LoadInversion",
+            display_name="Load Inversion",
+            category=f"{CATEGORY}/inversion",
+            description="Loads an inversion saved by Save Inversion (from output/inversions/).",
+            inputs=[io.Combo.Input("file", options=_inversion_files(),
+                                   tooltip="A .safetensors file in output/inversions/.")],
+            outputs=[Inversion.Output("inversion", tooltip="The saved inversion.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, file):
+        p = os.path.join(_inversion_dir(), file)
+        return os.path.getmtime(p) if os.path.exists(p) else file
+
+    @classmethod
+    def execute(cls, file) -> io.NodeOutput:
+        path = os.path.join(_inversion_dir(), os.path.basename(file))
+        if not os.path.isfile(path):
+            raise ValueError(f"no saved inversion named {file!r} in {_inversion_dir()}; run a workflow with "
+                             "Save Inversion first, then refresh the node list")
+        return io.NodeOutput(load_inversion(path))
+
+
+NODES = [AE_InvertImage, AE_SaveInversion, AE_LoadInversion]

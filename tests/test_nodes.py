@@ -1,0 +1,118 @@
+"""The pack's nodes inside a real ComfyUI, through its executor (in-process)."""
+import pytest
+import torch
+
+RANDOM = "random (untrained test model)"
+SOURCE = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def image_name(comfy):
+    from attention_edit.testing.photos import save_input_photo
+
+    return save_input_photo("cat", 64)
+
+
+def base_graph(image_name, method="ddim", steps=4, scheduler="p2p_ddim"):
+    return {
+        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": RANDOM, "seed": 0}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "AE_InvertImage", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "latent": ["3", 0], "source_prompt": SOURCE, "method": method,
+            "steps": steps, "cfg": 7.5, "scheduler": scheduler, "num_inner_steps": 2, "early_stop_epsilon": 1e-5,
+            "learning_rate": 0.01}},
+    }
+
+
+def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, image_name):
+    """Feature off: the reconstruction equals core SamplerCustom (euler = DDIM) from the same x_T, bit for bit."""
+    g = base_graph(image_name, scheduler="normal")
+    g.update({
+        "5": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": SOURCE}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4,
+                                                         "denoise": 1.0}},
+        "10": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": False, "noise_seed": 0, "cfg": 7.5, "positive": ["6", 0],
+            "negative": ["7", 0], "sampler": ["8", 0], "sigmas": ["9", 0], "latent_image": ["4", 1]}},
+    })
+    res = comfy.run_workflow(g, outputs=["5", "10"])
+    ours = res.value("5", 1)["samples"]
+    core = res.value("10", 0)["samples"]
+    assert torch.equal(ours, core)
+
+
+def test_save_and_load_inversion_round_trip(comfy, image_name):
+    g = base_graph(image_name, method="null_text", steps=3)
+    g.update({
+        "5": {"class_type": "AE_SaveInversion", "inputs": {"inversion": ["4", 0], "filename_prefix": "cat"}},
+        "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
+                                                     "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
+                                                     "self_replace_max_resolution": "1/4 (16x16 at 512px)"}},
+        "7": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0],
+                                                            "edit": ["6", 0]}},
+    })
+    res = comfy.run_workflow(g, outputs=["5", "7"])
+    saved = res["outputs"]["5"]["text"][0]
+    direct = res.value("7", 0)["samples"]
+    g2 = {k: v for k, v in g.items() if k in ("1", "6")}
+    g2["8"] = {"class_type": "AE_LoadInversion", "inputs": {"file": saved}}
+    g2["9"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["8", 0],
+                                                             "edit": ["6", 0]}}
+    res2 = comfy.run_workflow(g2, outputs=["9"])
+    assert torch.equal(res2.value("9", 0)["samples"], direct)
+    inv_a, inv_b = res.value("4", 0), res2.value("8", 0)
+    assert inv_a.source_prompt == inv_b.source_prompt and inv_a.method == inv_b.method == "null_text"
+    assert all(torch.equal(a, b) for a, b in zip(inv_a.uncond, inv_b.uncond))
+
+
+def test_preview_node_makes_a_labelled_grid(comfy, image_name):
+    g = base_graph(image_name)
+    g.update({
+        "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
+                                                     "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
+                                                     "self_replace_max_resolution": "1/4 (16x16 at 512px)"}},
+        "7": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0],
+                                                            "edit": ["6", 0]}},
+        "8": {"class_type": "AE_AttentionMapPreview", "inputs": {"attention": ["7", 3], "prompt_index": 1,
+                                                                 "cell_size": 32}},
+    })
+    res = comfy.run_workflow(g)
+    img = res.value("8", 0)
+    assert img.shape == (1, 32 + 14, 5 * 32, 3)  # one cell per token of "a photo of a dog"
+    assert res.files("8"), "the preview was not shown in the UI"
+
+
+@pytest.mark.parametrize("edit_inputs, needle", [
+    ({"edited_prompts": "a big photo of a dog", "mode": "replace"}, "use mode 'refine'"),
+    ({"edited_prompts": "   ", "mode": "auto"}, "edited prompt is empty"),
+    ({"edited_prompts": "a photo of a dog", "mode": "auto", "cross_replace_steps": "0.8; horse: 0.3"},
+     "'horse' is not a word of 'a photo of a dog'"),
+    ({"edited_prompts": "a photo of a dog", "mode": "auto", "self_replace_steps": "0.2-0.8"}, "'0.2,0.6' (from 20% to 60%"),
+])
+def test_bad_edit_input_through_the_executor(comfy, image_name, edit_inputs, needle):
+    g = base_graph(image_name, steps=2)
+    inputs = {"mode": "auto", "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
+              "self_replace_max_resolution": "1/4 (16x16 at 512px)"}
+    inputs.update(edit_inputs)
+    g["6"] = {"class_type": "AE_P2PEdit", "inputs": inputs}
+    g["7"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0],
+                                                            "edit": ["6", 0]}}
+    with pytest.raises(comfy.WorkflowExecutionError) as e:
+        comfy.run_workflow(g, outputs=["7"])
+    assert needle in str(e.value)
+
+
+def test_empty_source_prompt_and_other_steps_are_refused(comfy, image_name):
+    g = base_graph(image_name, steps=2)
+    g["4"]["inputs"]["source_prompt"] = "  "
+    with pytest.raises(comfy.WorkflowExecutionError, match="source prompt is empty"):
+        comfy.run_workflow(g, outputs=["4"])
+    g = base_graph(image_name, steps=2)
+    g["7"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0],
+                                                            "steps": 50}}
+    with pytest.raises(comfy.WorkflowExecutionError, match="made with 2 steps but the edit asks for 50"):
+        comfy.run_workflow(g, outputs=["7"])
