@@ -203,14 +203,16 @@ class Trainer:
         if self.phase == "vae":
             for p in self.vae_params():
                 p.requires_grad_(True)
-            self.opt = torch.optim.AdamW(self.vae_params(), lr=self.args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+            self.opt = torch.optim.AdamW(self.vae_params(), lr=self.args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99),
+                                         foreach=True)
         else:
             for p in self.vae_model.parameters():
                 p.requires_grad_(False)
             named = self.unet_named()
             for _, p in named:
                 p.requires_grad_(True)
-            self.opt = torch.optim.AdamW([p for _, p in named], lr=self.args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+            self.opt = torch.optim.AdamW([p for _, p in named], lr=self.args.lr, weight_decay=0.0, betas=(0.9, 0.99),
+                                         foreach=True)
             emb = self.te.clip_l.transformer.text_model.embeddings.token_embedding.weight
             used = torch.zeros(emb.shape[0], 1)
             used[caption_token_ids(self.clip)] = 1.0
@@ -309,11 +311,14 @@ class Trainer:
         """Folds the latent scale into the VAE (0.18215 * latent -> unit std), caches data latents."""
         vm = self.vae_model
         means = []
-        for s in range(0, self.data.n, 256):
-            x = self.data.image_batch(np.arange(s, min(self.data.n, s + 256)))
+        n_lat = min(self.data.n, self.args.n_latents)
+        t0 = time.time()
+        for s in range(0, n_lat, 128):
+            x = self.data.image_batch(np.arange(s, min(n_lat, s + 128)))
             mean, _ = torch.chunk(vm.quant_conv(vm.encoder(x)), 2, dim=1)
             means.append(mean)
         lat = torch.cat(means)
+        log(f"encoded {n_lat} scenes in {time.time() - t0:.0f}s")
         std = lat.std().item()
         k = 1.0 / (0.18215 * std)
         c = self.cfg.latent_channels
@@ -331,7 +336,7 @@ class Trainer:
     def unet_step(self):
         a = self.args
         rng = np.random.default_rng([a.seed, 2, self.step])
-        idx = rng.integers(0, self.data.n, a.batch)
+        idx = rng.integers(0, len(self.latents), a.batch)
         prng = random.Random(f"{a.seed}:{self.step}")
         caps = [("" if prng.random() < a.uncond_prob else self.data.caption(int(i), prng)) for i in idx]
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step + 77)
@@ -367,10 +372,25 @@ class Trainer:
                 self.ema[k].copy_(tmp)
 
     @torch.no_grad()
+    def load_decoder(self):
+        """Picks up the decoder fine-tuned by a concurrent ``--decoder-finetune`` process (latents unchanged)."""
+        path = os.path.join(self.out, DECODER_FILE)
+        if self.phase != "unet" or not os.path.exists(path):
+            return
+        try:
+            tensors, meta = load_ckpt(path)
+            self.vae_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae/")}, strict=False)
+            self.best["decoder"] = meta.get("step")
+            log(f"loaded fine-tuned decoder (step {meta.get('step')}, PSNR {meta.get('psnr')})")
+        except Exception as exc:
+            log(f"could not load {path}: {exc!r}")
+
+    @torch.no_grad()
     def probe(self):
         """Exports EMA weights (fp16) and scores sampled prompts with the judge."""
         from ..models import sd1x
 
+        self.load_decoder()
         self.swap_ema()
         try:
             latest = os.path.join(self.out, "toyworld_latest.safetensors")
@@ -436,6 +456,97 @@ class Trainer:
         self.save("stop" if _STOP["flag"] else "final")
         if self.phase == "unet" and not _STOP["flag"]:
             self.probe()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decoder fine-tuning (runs beside the UNet phase: the encoder and so the latents stay fixed)
+# ----------------------------------------------------------------------------------------------------------------
+
+DECODER_FILE = "decoder.safetensors"
+
+
+def decoder_finetune(args) -> None:
+    """Trains post_quant_conv + decoder on (cached latent, image) pairs from the main checkpoint's frozen encoder;
+    writes ``decoder.safetensors`` (atomic) every --ckpt-every seconds and on SIGTERM; resumable."""
+    from ..models import sd1x
+    from . import scenes
+
+    ckpt = os.path.join(args.out, "ckpt.safetensors")
+    tensors, meta = load_ckpt(ckpt)
+    if meta["phase"] != "unet":
+        raise SystemExit("the main run has not finished its VAE phase yet")
+    cfg = sd1x.config_from_any(meta["config"])
+    _, _, vae = sd1x.build_sd1x(cfg, state_dict={"vae." + k[4:]: v for k, v in tensors.items() if k.startswith("vae/")},
+                                dtype=torch.float32)
+    vm = vae.first_stage_model
+    latents = tensors["latents"]
+    del tensors
+    out_path = os.path.join(args.out, DECODER_FILE)
+    step, elapsed = 0, 0.0
+    if os.path.exists(out_path):
+        t2, m2 = load_ckpt(out_path)
+        vm.load_state_dict({k[4:]: v for k, v in t2.items() if k.startswith("vae/")}, strict=False)
+        step, elapsed = m2["step"], m2["elapsed"]
+        log(f"decoder: resumed at step {step}")
+    params = list(vm.post_quant_conv.parameters()) + list(vm.decoder.parameters())
+    for p in vm.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0, betas=(0.9, 0.99), foreach=True)
+    n = len(latents)
+    imgs, _, _ = scenes.make_dataset(n, seed=meta["seed"])
+    x_all = torch.from_numpy(imgs).float().div_(127.5).sub_(1.0).permute(0, 3, 1, 2).contiguous()
+    held = np.stack([scenes.sample_scene(10**9 + i).image for i in range(128)])
+    held_x = torch.from_numpy(held).float().div_(127.5).sub_(1.0).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        mean, _ = torch.chunk(vm.quant_conv(vm.encoder(held_x)), 2, dim=1)
+    held_z = mean
+    lat_std = latents.std().item()
+
+    def held_psnr():
+        with torch.no_grad():
+            rec = vm.decoder(vm.post_quant_conv(held_z)).clamp(-1, 1)
+            mse = ((rec - held_x) / 2).pow(2).mean().item()
+        return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+    def save(reason):
+        psnr = held_psnr()
+        t = {"vae/post_quant_conv." + k: v for k, v in vm.post_quant_conv.state_dict().items()}
+        t.update({"vae/decoder." + k: v for k, v in vm.decoder.state_dict().items()})
+        save_ckpt(out_path, t, {"step": step, "elapsed": elapsed, "psnr": psnr})
+        log(f"decoder checkpoint {reason} step {step} held-out PSNR {psnr:.2f} dB")
+
+    log(f"decoder: start PSNR {held_psnr():.2f} dB, {n} latents")
+    last_ckpt, last_log, hist = time.time(), time.time(), []
+    while not _STOP["flag"] and elapsed < args.minutes * 60:
+        t0 = time.time()
+        rng = np.random.default_rng([args.seed, 3, step])
+        idx = rng.integers(0, n, args.dec_batch)
+        g = torch.Generator().manual_seed(args.seed * 7919 + step)
+        z = latents[idx] + torch.randn(latents[idx].shape, generator=g) * (args.dec_noise * lat_std)
+        x = x_all[idx]
+        rec = vm.decoder(vm.post_quant_conv(z))
+        mse = F.mse_loss(rec, x)
+        loss = mse + 0.5 * F.l1_loss(rec, x)
+        frac = elapsed / (args.minutes * 60)
+        for pg in opt.param_groups:
+            pg["lr"] = args.dec_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        elapsed += time.time() - t0
+        hist.append(10 * math.log10(4.0 / max(mse.item(), 1e-10)))
+        if time.time() - last_log > args.log_every:
+            log(f"decoder step {step} train PSNR {sum(hist) / len(hist):.2f} {elapsed / step:.2f}s/step "
+                f"lr {opt.param_groups[0]['lr']:.2e}")
+            hist, last_log = [], time.time()
+        if time.time() - last_ckpt > args.ckpt_every:
+            save("periodic")
+            last_ckpt = time.time()
+    save("stop" if _STOP["flag"] else "final")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -520,6 +631,7 @@ def parse_args(argv=None):
     ap.add_argument("--config", default="toyworld")
     ap.add_argument("--n-data", type=int, default=24000)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--n-latents", type=int, default=8000, help="scenes encoded once for the UNet phase")
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-crop", type=int, default=32, help="VAE trains on aligned random crops of this size (0: full)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -531,7 +643,13 @@ def parse_args(argv=None):
     ap.add_argument("--probe-every", type=float, default=600.0, help="seconds")
     ap.add_argument("--probe-n", type=int, default=32)
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is much faster than 2 when other processes share the 2 cores)")
+    ap.add_argument("--decoder-finetune", action="store_true",
+                    help="instead: fine-tune the VAE decoder beside a running UNet phase (--minutes of its own)")
+    ap.add_argument("--dec-batch", type=int, default=8)
+    ap.add_argument("--dec-lr", type=float, default=5e-4)
+    ap.add_argument("--dec-noise", type=float, default=0.03, help="latent noise (x latent std) for robustness")
     return ap.parse_args(argv)
 
 
@@ -551,6 +669,9 @@ def main(argv=None):
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    if args.decoder_finetune:
+        decoder_finetune(args)
+        return 0
     tr = Trainer(args)
     if args.resume and os.path.exists(tr.ckpt_path):
         tr.load()
