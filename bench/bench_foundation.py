@@ -26,8 +26,37 @@ import time
 import torch
 
 
-def _peak_rss_mb() -> float:
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class RssPeak:
+    """Samples the process RSS every 20 ms while active; .growth_gb = peak - RSS at entry (CPU memory figure)."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = _rss_mb()
+        self.peak = self.base
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.02):
+                self.peak = max(self.peak, _rss_mb())
+
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_mb())
+        self.growth_gb = (self.peak - self.base) / 1024.0
 
 
 def _sync():
@@ -104,7 +133,6 @@ def main(argv=None):
 
     # --- inversion cost (and quality on a real photo)
     invs, times = {}, {}
-    rss0 = _peak_rss_mb()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         mm.load_models_gpu([m])
@@ -113,16 +141,18 @@ def main(argv=None):
         reps = 1 if (method == "null_text" and args.full_size) else args.repeats
         old = args.repeats
         args.repeats = reps
-        invs[method], times[method] = timed(lambda: invert(m, latent, src, empty, sig, method=method,
-                                                           guidance_scale=7.5, num_inner_steps=args.inner,
-                                                           source_prompt=src_p))
+        with RssPeak() as rss:
+            invs[method], times[method] = timed(lambda: invert(m, latent, src, empty, sig, method=method,
+                                                               guidance_scale=7.5, num_inner_steps=args.inner,
+                                                               source_prompt=src_p))
         args.repeats = old
         if method == "null_text":
             if torch.cuda.is_available():
                 peak = (torch.cuda.max_memory_allocated() - base_gpu) / 2 ** 30
                 mem = f"{peak:.2f} GiB GPU above the loaded model ({torch.cuda.max_memory_allocated() / 2**30:.2f} total)"
             else:
-                mem = f"{(_peak_rss_mb() - rss0) / 1024:.2f} GiB CPU peak-RSS growth"
+                mem = (f"{rss.growth_gb:.2f} GiB CPU (peak RSS during the inversion minus RSS before it; "
+                       f"process peak {rss.peak / 1024:.2f} GiB)")
     inner_total = sum(len(x) for x in invs["null_text"].losses)
     rows.append(("DDIM inversion time", f"{times['ddim']:.3f} s"))
     rows.append(("negative-prompt inversion time", f"{times['negative_prompt']:.3f} s"))

@@ -5,7 +5,7 @@ def _modules():
     """The node modules of the pack, in menu order. Each exports ``NODES`` (a list of io.ComfyNode classes)."""
     import importlib
 
-    names = ["inversion_nodes", "edit_nodes", "toyworld_nodes"]
+    names = ["inversion_nodes", "edit_nodes", "toyworld_nodes", "training_nodes", "adapedit_nodes", "imagic_nodes"]
     mods = []
     for name in names:
         try:
