@@ -1,0 +1,463 @@
+"""Headless runner: executes a shipped (or any API-format) workflow with ComfyUI's own executor, in-process.
+
+::
+
+    python -m attention_edit.runner p2p_word_swap_null_text                 # tiny embedded model, the cat photo
+    python -m attention_edit.runner p2p_word_swap_null_text --ckpt ~/models/v1-5-pruned-emaonly.safetensors \\
+        --image my_cat.jpg --source-prompt "a photo of a cat" --edited-prompt "a photo of a dog" --out out/
+    python -m attention_edit.runner --list
+
+Without ``--ckpt``, every CheckpointLoaderSimple node is swapped for the pack's AE_ToyWorldLoader (the
+embedded default: a tiny 64x64 model, NOT Stable Diffusion), the photo is scaled to 64x64 and the steps are
+reduced, so a run takes seconds on a CPU. The functions (:func:`load_workflow`, :func:`apply_overrides`,
+:func:`use_toyworld`, :func:`run`) are also what the tests use.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+WORKFLOWS_DIR = PACKAGE_DIR / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+TOYWORLD_WEIGHTS = PACKAGE_DIR / "toyworld" / "weights" / "toyworld.safetensors"
+
+CHECKPOINT_LOADER = "CheckpointLoaderSimple"
+TOY_LOADER = "AE_ToyWorldLoader"
+TOY_SHIPPED = "toyworld (shipped)"
+TOY_RANDOM = "random (untrained test model)"
+TOY_SIZE = 64            # the ToyWorld / tiny test model's image size (8x8 latent)
+TOY_STEPS = 20           # default sampling steps for the tiny model (unless --steps)
+DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
+SEED_INPUTS = ("seed", "noise_seed")
+
+TINY_NOTICE = ("NOTE: no --ckpt given, so this runs the pack's embedded default model, a tiny test model, "
+               "not Stable Diffusion: {what}. It works at {size}x{size} pixels and knows nothing about photos, so "
+               "the output only shows that the workflow runs. For real edits pass --ckpt PATH, a real Stable "
+               "Diffusion 1.x checkpoint (.safetensors), e.g. v1-5-pruned-emaonly-fp16.safetensors.")
+
+log = logging.getLogger("attention_edit.runner")
+
+
+class RunnerError(Exception):
+    """A problem the runner reports as one clear line (bad arguments, missing files, a failed workflow)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# workflows
+# --------------------------------------------------------------------------------------------------
+
+def list_workflows() -> list[str]:
+    """Names of the shipped API-format workflows (``workflows/api/<name>.json``)."""
+    return sorted(p.stem for p in API_DIR.glob("*.json"))
+
+
+def workflow_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a shipped workflow name (``p2p_word_swap_null_text``) or of a path to an API-format JSON."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p.resolve()
+    cand = API_DIR / (str(name_or_path) if str(name_or_path).endswith(".json") else f"{name_or_path}.json")
+    if cand.is_file():
+        return cand
+    raise RunnerError(f"no workflow {str(name_or_path)!r}: not a file, and not one of the shipped workflows "
+                      f"({', '.join(list_workflows()) or 'none'})")
+
+
+def load_workflow(name_or_path: str | os.PathLike) -> dict:
+    """An API-format workflow (what POST /prompt takes) as a dict {node_id: {"class_type", "inputs"}}.
+
+    Accepts a shipped name, a path to an API-format file, or a path to the shipped UI-format file of a shipped
+    workflow (its API twin is used). Raises RunnerError with the reason otherwise."""
+    path = workflow_path(name_or_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunnerError(f"cannot read workflow {path}: {exc}") from exc
+    if isinstance(data, dict) and "nodes" in data and "links" in data:  # UI format
+        twin = API_DIR / path.name
+        if path.parent.resolve() == WORKFLOWS_DIR.resolve() and twin.is_file():
+            return load_workflow(twin)
+        raise RunnerError(f"{path} is a UI-format workflow (what the ComfyUI frontend loads); the runner needs the "
+                          f"API format: in ComfyUI use 'Export (API)' and pass that file")
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a POST /prompt body
+        data = data["prompt"]
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) and "class_type" in v
+                                                         for v in data.values()):
+        raise RunnerError(f"{path} is not an API-format ComfyUI workflow ({{node_id: {{class_type, inputs}}}})")
+    return {str(k): v for k, v in data.items()}
+
+
+def _is_link(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def nodes_of(prompt: Mapping[str, Any], class_type: str) -> list[str]:
+    return [nid for nid, n in prompt.items() if n.get("class_type") == class_type]
+
+
+def parse_size(size: str | int | tuple | None) -> tuple[int, int] | None:
+    """'512' -> (512, 512); '640x480' -> (640, 480) (width x height); None -> None."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        w = h = size
+    elif isinstance(size, (tuple, list)):
+        w, h = (int(x) for x in size)
+    else:
+        s = str(size).lower().replace(" ", "")
+        try:
+            w, h = (int(x) for x in s.split("x")) if "x" in s else (int(s), int(s))
+        except ValueError:
+            raise RunnerError(f"bad --size {size!r}: give N (a square) or WIDTHxHEIGHT, e.g. 512 or 640x480") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise RunnerError(f"bad --size {size!r}: width and height must be positive multiples of 8 (the VAE works "
+                          f"on 8x8 pixel blocks); e.g. 64, 512, 640x480")
+    return w, h
+
+
+def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: int = 0) -> dict:
+    """A copy of *prompt* with every CheckpointLoaderSimple replaced by AE_ToyWorldLoader (same MODEL, CLIP, VAE
+    output slots). *weights*: the loader's choice; default the shipped ToyWorld weights when the file exists,
+    else the random untrained test model."""
+    out = copy.deepcopy(dict(prompt))
+    weights = weights or default_toy_weights()
+    for nid in nodes_of(out, CHECKPOINT_LOADER):
+        meta = dict(out[nid].get("_meta", {}))
+        meta["title"] = "ToyWorld (tiny test model, replaces the checkpoint loader)"
+        out[nid] = {"class_type": TOY_LOADER, "inputs": {"weights": weights, "seed": int(seed)}, "_meta": meta}
+    return out
+
+
+def default_toy_weights() -> str:
+    return TOY_SHIPPED if TOYWORLD_WEIGHTS.is_file() else TOY_RANDOM
+
+
+def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, source_prompt: str | None = None,
+                    edited_prompt: str | None = None, mode: str | None = None, ckpt_name: str | None = None,
+                    seed: int | None = None, steps: int | None = None, num_inner_steps: int | None = None,
+                    method: str | None = None, size: str | int | tuple | None = None,
+                    filename_prefix: str | None = None) -> dict:
+    """A copy of an API workflow with the runner's overrides applied (None = leave as is).
+
+    image: LoadImage's file name (in the input folder). source_prompt: AE_InvertImage's source prompt (and, for
+    a workflow whose edited prompt equals its source prompt, e.g. reweight, the edited prompt too, unless
+    *edited_prompt* is given). edited_prompt / mode: AE_P2PEdit's edited prompt(s) and mode. ckpt_name:
+    CheckpointLoaderSimple's checkpoint. seed: every ``seed``/``noise_seed`` input (not the ToyWorld loader's,
+    which selects the random test model's weights). steps / num_inner_steps / method: AE_InvertImage's (the
+    edit sampler follows the inversion). size: (width, height) of every ImageScale node. filename_prefix:
+    prepended to every SaveImage prefix.
+    """
+    out = copy.deepcopy({str(k): v for k, v in dict(prompt).items()})
+    wh = parse_size(size)
+    inverts = nodes_of(out, "AE_InvertImage")
+    old_sources = {out[n]["inputs"].get("source_prompt") for n in inverts}
+    for nid, node in out.items():
+        ct, inp = node.get("class_type"), node.setdefault("inputs", {})
+        if ct == "LoadImage" and image is not None:
+            inp["image"] = image
+        elif ct == CHECKPOINT_LOADER and ckpt_name is not None:
+            inp["ckpt_name"] = ckpt_name
+        elif ct == "AE_InvertImage":
+            if source_prompt is not None:
+                inp["source_prompt"] = source_prompt
+            if steps is not None:
+                inp["steps"] = int(steps)
+            if num_inner_steps is not None:
+                inp["num_inner_steps"] = int(num_inner_steps)
+            if method is not None:
+                inp["method"] = method
+        elif ct == "AE_P2PEdit":
+            if edited_prompt is not None:
+                inp["edited_prompts"] = edited_prompt
+            elif source_prompt is not None and inp.get("edited_prompts", "").strip() in {s.strip() for s in old_sources if s}:
+                inp["edited_prompts"] = source_prompt  # a same-prompt edit (reweight) follows the source
+            if mode is not None:
+                inp["mode"] = mode
+        elif ct == "AE_P2PEditSampler" and steps is not None and not _is_link(inp.get("steps")):
+            inp["steps"] = 0  # 0 = the inversion's steps
+        elif ct == "ImageScale" and wh is not None:
+            inp["width"], inp["height"] = wh
+        elif ct == "SaveImage" and filename_prefix:
+            inp["filename_prefix"] = f"{filename_prefix}{inp.get('filename_prefix', '')}"
+        if seed is not None and ct != TOY_LOADER:
+            for k in SEED_INPUTS:
+                if k in inp and not _is_link(inp[k]):
+                    inp[k] = int(seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    files: list[Path]
+    seconds: float                 # executing the workflow
+    total_seconds: float           # including ComfyUI start-up
+    prompt: dict                   # the API prompt that ran
+    notices: list[str] = field(default_factory=list)
+    history: dict | None = None
+
+
+def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[int, int] | None) -> str:
+    """Copies the photo (a path, or None for scikit-image's cat) into ComfyUI's input folder; returns the name
+    LoadImage takes. *size*: also centre-crop and resize the file (for workflows without an ImageScale node)."""
+    from PIL import Image
+
+    input_dir.mkdir(parents=True, exist_ok=True)
+    if image is None:
+        try:
+            from ..testing.photos import photo_pil
+        except ImportError as exc:  # pragma: no cover - scikit-image missing
+            raise RunnerError(f"the default photo needs scikit-image ({exc}); pass --image PATH") from exc
+        img = photo_pil(DEFAULT_PHOTO, size)
+        name = f"ae_{DEFAULT_PHOTO}.png" if size is None else f"ae_{DEFAULT_PHOTO}_{size[0]}x{size[1]}.png"
+        img.save(input_dir / name, format="PNG")
+        return name
+    src = Path(image).expanduser()
+    if not src.is_file():
+        raise RunnerError(f"--image {str(image)!r}: no such file")
+    try:
+        with Image.open(src) as im:
+            im.verify()
+    except Exception as exc:
+        raise RunnerError(f"--image {str(image)!r} is not an image PIL can read ({exc})") from exc
+    if size is None:
+        shutil.copyfile(src, input_dir / src.name)
+        return src.name
+    with Image.open(src) as im:
+        img = im.convert("RGB")
+    w, h = size
+    sw, sh = img.size
+    if sw / sh > w / h:
+        cw, ch = round(sh * w / h), sh
+    else:
+        cw, ch = sw, round(sw * h / w)
+    left, top = (sw - cw) // 2, (sh - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.LANCZOS)
+    name = f"{src.stem}_{w}x{h}.png"
+    img.save(input_dir / name, format="PNG")
+    return name
+
+
+def _install_quiet_logging(verbose: bool) -> None:
+    """For the command line only: ComfyUI logs a lot at start-up (e.g. the audio nodes that need torchaudio),
+    through the handler logging.basicConfig added when ComfyUI first logged. Replace the root logger's stderr
+    handlers by one that shows errors only, unless verbose; the root logger stays at WARNING so comfy_env
+    still captures why a pack failed to load."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
+            root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    h.setLevel(logging.INFO if verbose else logging.ERROR)
+    root.addHandler(h)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.PathLike | None = None,
+        source_prompt: str | None = None, edited_prompt: str | None = None, mode: str | None = None,
+        ckpt: str | os.PathLike | None = None, seed: int | None = None, steps: int | None = None,
+        num_inner_steps: int | None = None, method: str | None = None, size: str | int | tuple | None = None,
+        out: str | os.PathLike = "out", toy_weights: str | None = None, base_dir: str | os.PathLike | None = None,
+        cpu: bool | None = None, threads: int | None = None, say=print) -> RunResult:
+    """Runs a workflow in-process through ComfyUI's executor and returns the PNGs it wrote into *out*.
+
+    *workflow*: a shipped name, a path, or an API prompt dict. Without *ckpt*, the embedded tiny model replaces
+    the checkpoint loader (see the module docstring). *say* prints the notices. Raises RunnerError (clear
+    message) or comfy_env.WorkflowError on failure."""
+    t0 = time.perf_counter()
+    prompt = load_workflow(workflow) if not isinstance(workflow, Mapping) else copy.deepcopy(dict(workflow))
+    notices: list[str] = []
+    size_wh = parse_size(size)
+    ckpt_path = None
+    if ckpt is not None:
+        ckpt_path = Path(ckpt).expanduser().resolve()
+        if not ckpt_path.is_file():
+            raise RunnerError(f"--ckpt {str(ckpt)!r}: no such file (give the path of an SD1.x .safetensors checkpoint)")
+        if ckpt_path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"):
+            raise RunnerError(f"--ckpt {str(ckpt)!r} is not a checkpoint file; expected an SD1.x .safetensors file")
+        if not nodes_of(prompt, CHECKPOINT_LOADER):
+            raise RunnerError("--ckpt was given but the workflow has no CheckpointLoaderSimple node to load it")
+    if image is not None and not Path(image).expanduser().is_file():
+        raise RunnerError(f"--image {str(image)!r}: no such file")
+    tiny = ckpt_path is None and bool(nodes_of(prompt, CHECKPOINT_LOADER))
+    if tiny:
+        weights = toy_weights or default_toy_weights()
+        what = ("ToyWorld, a small model of coloured shapes shipped with the pack" if weights == TOY_SHIPPED else
+                "its ToyWorld weights are not shipped yet, so the loader's 'random (untrained test model)' option "
+                "is used: random weights, the outputs are noise")
+        notices.append(TINY_NOTICE.format(what=what, size=TOY_SIZE))
+        if size_wh is None:
+            size_wh = (TOY_SIZE, TOY_SIZE)
+            notices.append(f"the photo is scaled to {TOY_SIZE}x{TOY_SIZE}, the tiny model's resolution (--size changes it)")
+        if steps is None:
+            steps = TOY_STEPS
+            notices.append(f"steps reduced to {TOY_STEPS} for the tiny model (--steps changes it)")
+    for n in notices:
+        say(f"[attention_edit] {n}")
+
+    if cpu is None:
+        try:
+            import torch
+
+            cpu = not torch.cuda.is_available()
+        except Exception:  # pragma: no cover
+            cpu = True
+    if threads is None and tiny and cpu:
+        threads = 1  # tiny models: OpenMP threads only spin against each other on a small CPU
+
+    from ..testing import comfy_env
+
+    comfy_env.configure_cpu(cpu)
+    comfy_env.init_comfy(base_dir, cpu=cpu, threads=threads)
+    import folder_paths
+    import nodes as comfy_nodes
+
+    if tiny and TOY_LOADER not in comfy_nodes.NODE_CLASS_MAPPINGS:
+        raise RunnerError(f"the pack's {TOY_LOADER} node is not registered; cannot run the embedded default model")
+
+    out_dir = Path(out).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder_paths.set_output_directory(str(out_dir))
+    ckpt_name = None
+    if ckpt_path is not None:
+        folder_paths.add_model_folder_path("checkpoints", str(ckpt_path.parent), is_default=True)
+        folder_paths.filename_list_cache.pop("checkpoints", None)
+        ckpt_name = ckpt_path.name
+
+    has_scale = bool(nodes_of(prompt, "ImageScale"))
+    image_name = None
+    if nodes_of(prompt, "LoadImage"):
+        image_name = prepare_image(image, Path(folder_paths.get_input_directory()),
+                                   None if has_scale else size_wh)
+    elif image is not None:
+        raise RunnerError("--image was given but the workflow has no LoadImage node")
+
+    if tiny:
+        prompt = use_toyworld(prompt, toy_weights or default_toy_weights())
+    prompt = apply_overrides(prompt, image=image_name, source_prompt=source_prompt, edited_prompt=edited_prompt,
+                             mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
+                             method=method, size=size_wh if has_scale else None)
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(int(seed))
+
+    before = {p for p in out_dir.rglob("*") if p.is_file()}
+    t1 = time.perf_counter()
+    res = comfy_env.run_workflow(prompt)
+    t2 = time.perf_counter()
+    # the files saved into the output folder (SaveImage ...); previews in ComfyUI's temp folder are left out
+    files = [f for f in comfy_env.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
+    if not files:  # output nodes that do not report their files
+        files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
+    return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
+                     history=dict(res))
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m attention_edit.runner",
+        description="Runs an Attention Edit workflow (API format) headless, through ComfyUI's own executor.",
+        epilog="Without --ckpt the embedded tiny test model (not Stable Diffusion) replaces the checkpoint loader, "
+               "at 64x64 and 20 steps: a seconds-long smoke run on a CPU. Shipped workflows: "
+               + ", ".join(list_workflows()))
+    p.add_argument("workflow", nargs="?", help="a shipped workflow name (see --list) or a path to an API-format JSON")
+    p.add_argument("--list", action="store_true", help="list the shipped workflows and exit")
+    p.add_argument("--image", help="the photo to edit (default: scikit-image's cat photo 'chelsea')")
+    p.add_argument("--source-prompt", help="a prompt describing the photo (AE_InvertImage)")
+    p.add_argument("--edited-prompt", help="the edited prompt (AE_P2PEdit); several: one per line")
+    p.add_argument("--mode", choices=["auto", "replace", "refine"], help="AE_P2PEdit's mode")
+    p.add_argument("--ckpt", help="a real Stable Diffusion 1.x checkpoint (.safetensors), loaded by "
+                                  "CheckpointLoaderSimple (default: the embedded tiny test model)")
+    p.add_argument("--seed", type=int, help="seed inputs of the workflow and torch's global seed (the shipped "
+                                            "workflows are deterministic: inversion draws no noise)")
+    p.add_argument("--steps", type=int, help="inversion and edit steps (default: the workflow's, 50; 20 with the "
+                                             "tiny model)")
+    p.add_argument("--num-inner-steps", type=int, help="null-text optimisation iterations per step (default 10)")
+    p.add_argument("--method", choices=["null_text", "negative_prompt", "ddim"], help="inversion method")
+    p.add_argument("--size", help="resize (centre crop) the photo to N or WIDTHxHEIGHT pixels, multiples of 8 "
+                                  "(default: the workflow's 512x512; 64x64 with the tiny model)")
+    p.add_argument("--out", default="out", help="folder for the output PNGs (default: ./out)")
+    p.add_argument("--toy-weights", choices=[TOY_SHIPPED, TOY_RANDOM],
+                   help="the tiny model's weights (default: shipped if present, else random)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for the tiny model, else torch's)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show ComfyUI's log")
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    return msg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name in list_workflows():
+            desc = ""
+            try:
+                wf = load_workflow(name)
+                types = list(dict.fromkeys(n["class_type"] for n in wf.values()))
+                desc = "  (" + ", ".join(types) + ")"
+            except RunnerError:
+                pass
+            print(f"{name}{desc}")
+        return 0
+    if not args.workflow:
+        build_parser().print_usage(sys.stderr)
+        print("error: give a workflow name or path (see --list)", file=sys.stderr)
+        return 2
+    _install_quiet_logging(args.verbose)
+    from ..testing.comfy_env import WorkflowError, WorkflowInterrupted
+
+    t0 = time.perf_counter()
+    try:
+        path = workflow_path(args.workflow)
+        print(f"[attention_edit] workflow: {path}")
+        res = run(str(path), image=args.image, source_prompt=args.source_prompt, edited_prompt=args.edited_prompt,
+                  mode=args.mode, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
+                  num_inner_steps=args.num_inner_steps, method=args.method, size=args.size, out=args.out,
+                  toy_weights=args.toy_weights, cpu=True if args.cpu else None, threads=args.threads)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except WorkflowInterrupted as exc:
+        print(f"error: the workflow was interrupted ({_one_line(exc)})", file=sys.stderr)
+        return 1
+    except (RunnerError, WorkflowError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # anything else: still one message, the traceback only with --verbose
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+    print(f"[attention_edit] wrote {len(res.files)} file(s):")
+    for f in res.files:
+        print(f"  {f}")
+    print(f"[attention_edit] done in {res.total_seconds:.1f} s (workflow {res.seconds:.1f} s, "
+          f"ComfyUI start-up {res.total_seconds - res.seconds:.1f} s; total {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
