@@ -102,7 +102,10 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
             target_tokens=[_tokens(tokenizer, t, lb.target_words) for t in spec.target_prompts],
             use=lb.use, threshold=lb.threshold, start_step=int(round(lb.start * num_steps)),
             downscale=lb.downscale)
-    return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend)
+    # record the maps local blend reads even when they are finer than the default store limit (small latents)
+    store_min = min(2.0, blend.downscale) if blend is not None else 2.0
+    return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend,
+                         store_min_downscale=store_min)
 
 
 def split_words(text: str) -> tuple:

@@ -10,6 +10,14 @@ from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2P
                      latent_samples, token_strings)
 
 
+RESOLUTIONS = ("1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)", "1/8 (8x8 at 512px)", "full")
+
+
+def _downscale(choice: str) -> float:
+    """'1/4 (16x16 at 512px)' -> 4.0 (latent side / attention-map side)."""
+    return {"1/4": 4.0, "1/2": 2.0, "1/8": 8.0, "full": 1.0}[choice.split(" ")[0]]
+
+
 class AE_P2PEdit(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -37,9 +45,7 @@ class AE_P2PEdit(io.ComfyNode):
                                 tooltip="When the source's self-attention maps are injected: '0.4' = first 40% "
                                         "of the steps, or a range '0.1,0.5'. More keeps more of the layout "
                                         "(reference 0.4; real photos 0.5-0.7)."),
-                io.Combo.Input("self_replace_max_resolution", options=["1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)",
-                                                                       "1/8 (8x8 at 512px)", "full"],
-                               default="1/4 (16x16 at 512px)",
+                io.Combo.Input("self_replace_max_resolution", options=list(RESOLUTIONS), default=RESOLUTIONS[0],
                                tooltip="Self-attention is injected only on UNet levels whose maps are at most "
                                        "this fraction of the latent per side. 1/4 is the stable notebook's 16x16 "
                                        "limit at 512px, 1/2 the null-text notebook's 32x32."),
@@ -54,7 +60,7 @@ class AE_P2PEdit(io.ComfyNode):
         prompts = tuple(p.strip() for p in edited_prompts.splitlines() if p.strip())
         if not prompts:
             raise ValueError("the edited prompt is empty; type the prompt that describes the edited image")
-        downscale = {"1/4": 4.0, "1/2": 2.0, "1/8": 8.0, "full": 1.0}[self_replace_max_resolution.split(" ")[0]]
+        downscale = _downscale(self_replace_max_resolution)
         spec = EditSpec(target_prompts=prompts, mode=mode,
                         cross_replace_steps=align.parse_cross_replace_steps(cross_replace_steps),
                         self_replace_steps=align.parse_self_replace_steps(self_replace_steps),
@@ -107,14 +113,20 @@ class AE_P2PLocalBlend(io.ComfyNode):
                                tooltip="Mask threshold on the max-normalised attention map (reference 0.3)."),
                 io.Float.Input("start", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="Blend from this fraction of the steps on (reference 0.2)."),
+                io.Combo.Input("mask_resolution", options=list(RESOLUTIONS), default=RESOLUTIONS[0], optional=True,
+                               tooltip="Which attention maps make the mask, as a fraction of the latent per side: "
+                                       "1/4 is the reference's 16x16 maps at 512px; use 1/2 or full for small "
+                                       "images (e.g. 64px models)."),
             ],
             outputs=[P2PEdit.Output("edit_out", display_name="edit", tooltip="The edit with local blend.")],
         )
 
     @classmethod
-    def execute(cls, edit, source_words, target_words, use, threshold, start) -> io.NodeOutput:
+    def execute(cls, edit, source_words, target_words, use, threshold, start,
+                mask_resolution=None) -> io.NodeOutput:
         lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
-                            use=use, threshold=threshold, start=start)
+                            use=use, threshold=threshold, start=start,
+                            downscale=_downscale(mask_resolution or RESOLUTIONS[0]))
         return io.NodeOutput(edit.with_local_blend(lb))
 
 
