@@ -1,0 +1,137 @@
+"""ToyWorld benchmark: text-to-image faithfulness, inversion PSNR, P2P word swap / refine / reweight, judged.
+
+    python bench/bench_toyworld.py                 # >= 100 seeded cases of each type (tens of minutes on a CPU)
+    python bench/bench_toyworld.py --cases 10      # a quick look
+    python bench/bench_toyworld.py --weights runs/toyworld/export.safetensors --plot out/toyworld.png
+
+Prints a markdown table and writes a plot PNG (matplotlib). Cases are seeded: the same command gives the same
+figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per attribute; null-text PSNR >= DDIM
++ 5 dB; colour swap success >= 85% with structure IoU >= 0.8; background PSNR with local blend >= 30 dB.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=100, help="cases per type (issue: at least 100)")
+    ap.add_argument("--weights", default=None, help="a ToyWorld safetensors (default: the shipped one)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--inner", type=int, default=5, help="null-text inner steps")
+    ap.add_argument("--only", default="t2i,inversion,swap,refine,reweight")
+    ap.add_argument("--plot", default="out/toyworld_bench.png")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    from attention_edit.toyworld import editbench as eb
+
+    tm = eb.load_model(args.weights)
+    st = eb.Settings(steps=args.steps, num_inner_steps=args.inner)
+    only = set(args.only.split(","))
+    rows, plot = [], {}
+    t0 = time.time()
+    seeds = range(1000, 1000 + args.cases)
+
+    if "t2i" in only:
+        res = [eb.t2i_case(tm, s, st) for s in seeds]
+        for k in ("shape", "colour", "size", "position"):
+            rows.append((f"text-to-image faithfulness: {k}", f"{mean([r[k] for r in res]):.0%}", ">= 90%"))
+        plot["t2i"] = {k: mean([r[k] for r in res]) for k in ("shape", "colour", "size", "position")}
+    if "inversion" in only:
+        res = [eb.inversion_case(tm, s, st) for s in seeds]
+        for k in ("vae", "ddim", "negative_prompt", "null_text"):
+            rows.append((f"reconstruction PSNR, {k}" + (" (encode/decode only)" if k == "vae" else f", cfg {st.cfg}"),
+                         f"{mean([r[k] for r in res]):.2f} dB", ""))
+        gain = mean([r["null_text"] - r["ddim"] for r in res])
+        rows.append(("null-text minus DDIM PSNR", f"{gain:+.2f} dB", ">= +5 dB"))
+        plot["inversion"] = {k: mean([r[k] for r in res]) for k in ("ddim", "negative_prompt", "null_text")}
+    if "swap" in only:
+        for attr in ("colour", "shape"):
+            res = [eb.swap_case(tm, s, st, attr) for s in seeds]
+            for v in ("p2p", "p2p_blend", "regen"):
+                rows.append((f"{attr} swap, {v}: success / structure IoU / background PSNR",
+                             f"{mean([r[v]['success'] for r in res]):.0%} / {mean([r[v]['iou'] for r in res]):.2f} / "
+                             f"{mean([r[v]['bg_psnr'] for r in res]):.1f} dB",
+                             ">= 85% / >= 0.8 / >= 30 dB (blend)" if attr == "colour" else ""))
+                plot[f"{attr}_{v}"] = mean([r[v]["success"] for r in res])
+    if "refine" in only:
+        res = [eb.refine_case(tm, s, st) for s in seeds]
+        rows.append(("refine (add 'big'): judged big / kept colour+shape / area ratio",
+                     f"{mean([r['success'] for r in res]):.0%} / {mean([r['kept'] for r in res]):.0%} / "
+                     f"{mean([r['area_ratio'] for r in res]):.2f}", ""))
+    if "reweight" in only:
+        res = [eb.reweight_case(tm, s, st) for s in seeds]
+        factors = res[0]["factors"]
+        areas = [mean([r["areas"][i] for r in res]) for i in range(len(factors))]
+        rows.append(("reweight 'big': mean judged area per factor " + ",".join(f"{f:g}" for f in factors),
+                     " / ".join(f"{a:.0f}" for a in areas), "monotonic"))
+        rows.append(("reweight 'big': cases with a non-decreasing area", f"{mean([r['monotonic'] for r in res]):.0%}", ""))
+        plot["reweight"] = (factors, areas)
+
+    print(f"\n### ToyWorld benchmark: {tm.label}; {args.cases} cases per type, {st.steps} steps, cfg {st.cfg}, "
+          f"inversion {st.inversion} ({st.num_inner_steps} inner steps); {time.time() - t0:.0f} s\n")
+    print("| figure | value | target |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    if args.plot and plot:
+        write_plot(plot, args.plot, tm.label)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+def write_plot(plot: dict, path: str, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("t2i", "inversion", "swap", "reweight") if k in plot or (k == "swap" and any(
+        x.startswith(("colour_", "shape_")) for x in plot))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        if p == "t2i":
+            ax.bar(list(plot["t2i"]), list(plot["t2i"].values()))
+            ax.set_ylim(0, 1)
+            ax.set_title("text-to-image faithfulness")
+        elif p == "inversion":
+            ax.bar(list(plot["inversion"]), list(plot["inversion"].values()))
+            ax.set_ylabel("PSNR (dB)")
+            ax.set_title("reconstruction at cfg 7.5")
+        elif p == "swap":
+            keys = [k for k in plot if k.startswith(("colour_", "shape_"))]
+            ax.bar(keys, [plot[k] for k in keys])
+            ax.set_ylim(0, 1)
+            ax.tick_params(axis="x", rotation=45)
+            ax.set_title("word swap success")
+        elif p == "reweight":
+            f, a = plot["reweight"]
+            ax.plot(f, a, marker="o")
+            ax.set_xlabel("equalizer of 'big'")
+            ax.set_ylabel("judged area (px)")
+            ax.set_title("reweight sweep")
+    fig.suptitle(label, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
