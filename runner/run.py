@@ -125,16 +125,26 @@ def parse_size(size: str | int | tuple | None) -> tuple[int, int] | None:
     return w, h
 
 
+# resolution-dependent settings for the tiny model's 64x64 images (8x8 latent): the 512px choice "1/4" would ask
+# for 2x2 attention maps; "1/2" uses its 4x4 ones (the nodes' tooltips: "use 1/2 or full for small images")
+TOY_MASK_RESOLUTION = "1/2 (32x32 at 512px)"
+
+
 def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: int = 0) -> dict:
     """A copy of *prompt* with every CheckpointLoaderSimple replaced by AE_ToyWorldLoader (same MODEL, CLIP, VAE
-    output slots). *weights*: the loader's choice; default the shipped ToyWorld weights when the file exists,
-    else the random untrained test model."""
+    output slots), and local blend's mask resolution adapted to the tiny model's 64x64 images (TOY_MASK_RESOLUTION).
+    *weights*: the loader's choice; default the shipped ToyWorld weights when the file exists, else the random
+    untrained test model."""
     out = copy.deepcopy(dict(prompt))
     weights = weights or default_toy_weights()
     for nid in nodes_of(out, CHECKPOINT_LOADER):
         meta = dict(out[nid].get("_meta", {}))
         meta["title"] = "ToyWorld (tiny test model, replaces the checkpoint loader)"
         out[nid] = {"class_type": TOY_LOADER, "inputs": {"weights": weights, "seed": int(seed)}, "_meta": meta}
+    for nid in nodes_of(out, "AE_P2PLocalBlend"):
+        inp = out[nid].setdefault("inputs", {})
+        if not _is_link(inp.get("mask_resolution")):
+            inp["mask_resolution"] = TOY_MASK_RESOLUTION
     return out
 
 
@@ -263,6 +273,8 @@ def _install_quiet_logging(verbose: bool) -> None:
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     h.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:  # a failing node: ComfyUI's executor logs its traceback; the runner prints one line instead
+        h.addFilter(lambda r: not os.path.basename(r.pathname or "").startswith("execution."))
     root.addHandler(h)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 

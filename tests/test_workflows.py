@@ -137,6 +137,8 @@ def test_overrides_and_loader_swap():
     assert o[runner.nodes_of(o, "LoadImage")[0]]["inputs"]["image"] == "x.png"
     assert all(o[n]["inputs"]["filename_prefix"].startswith("z_") for n in runner.nodes_of(o, "SaveImage"))
     assert o[toy]["inputs"]["seed"] == 0  # --seed does not change the test model's weights
+    lb = runner.use_toyworld(runner.load_workflow("p2p_refine_local_blend"))
+    assert lb[runner.nodes_of(lb, "AE_P2PLocalBlend")[0]]["inputs"]["mask_resolution"] == runner.TOY_MASK_RESOLUTION
     w = runner.apply_overrides(runner.load_workflow("p2p_word_swap_null_text"), edited_prompt="a photo of a fox")
     assert w[runner.nodes_of(w, "AE_P2PEdit")[0]]["inputs"]["edited_prompts"] == "a photo of a fox"
     with pytest.raises(runner.RunnerError, match="multiples of 8"):
