@@ -66,6 +66,7 @@ class PromptEdit:
     cross_alpha: torch.Tensor
     alphas: Optional[torch.Tensor] = None
     equalizer: Optional[torch.Tensor] = None
+    dps: Optional[object] = None  # attention.adapedit.DPS: interpolate instead of taking the edit's own maps
 
     def __post_init__(self):
         if self.kind not in ("replace", "refine"):
@@ -73,13 +74,15 @@ class PromptEdit:
         if self.kind == "refine" and self.alphas is None:
             raise ValueError("a 'refine' PromptEdit needs alphas (0 for new target tokens, 1 elsewhere)")
 
-    def inject(self, base: torch.Tensor, edit: torch.Tensor, step: int) -> torch.Tensor:
+    def inject(self, base: torch.Tensor, edit: torch.Tensor, step: int, features: Optional[torch.Tensor] = None,
+               map_hw=None) -> torch.Tensor:
         """Returns the edited row's new cross-attention probabilities.
 
         base, edit: [heads, HW, T] (source row, this edited row). Implements
         ``M_new = alpha_t * R(M_src) + (1 - alpha_t) * M_edit`` where R is the word-swap mapping
         (einsum over the mapper), the refinement gather (new tokens keep their own maps) and the equalizer.
-        No renormalisation, as in the reference.
+        No renormalisation, as in the reference. With DPS (AdapEdit Eq. 4 and 8) and the layer's features
+        [HW, d], M_edit is replaced by C(R(M_src), M_edit) outside the injection window.
         """
         dev, dt = edit.device, edit.dtype
         if self.kind == "replace":
@@ -91,10 +94,17 @@ class PromptEdit:
         if self.equalizer is not None:
             mapped = mapped * self.equalizer.to(dev, dt)
         a = self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)].to(dev, dt)
-        return mapped * a + edit * (1 - a)
+        own = edit
+        if self.dps is not None and features is not None and bool((a < 1).any()):
+            from .adapedit import dps_interpolate
+
+            own = dps_interpolate(mapped, edit, self.dps.weights(edit, features, map_hw), self.dps.lambda_s)
+        return mapped * a + own * (1 - a)
 
     def active(self, step: int) -> bool:
-        """True when this edit injects any token's map at ``step`` (otherwise the layer can skip it)."""
+        """True when this edit changes any token's map at ``step`` (otherwise the layer can skip it)."""
+        if self.dps is not None:
+            return True
         row = self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)]
         return bool((row != 0).any())
 
@@ -109,6 +119,25 @@ class AttentionStore:
     def __init__(self):
         self.sums: dict[tuple[int, int], torch.Tensor] = {}
         self.counts: dict[tuple[int, int], int] = {}
+        self.feature_sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.feature_counts: dict[tuple[int, int], int] = {}
+
+    def add_features(self, features: torch.Tensor, map_hw: tuple[int, int]) -> None:
+        """Visual embeddings [P, HW, d] of the cross-attention layers' inputs, averaged like the maps (for
+        AdapEdit's FWT analysis). Layers of one resolution must share d (true for SD1.x UNet levels)."""
+        f = features.detach().float()
+        if map_hw in self.feature_sums and self.feature_sums[map_hw].shape == f.shape:
+            self.feature_sums[map_hw] = self.feature_sums[map_hw] + f
+            self.feature_counts[map_hw] += 1
+        elif map_hw not in self.feature_sums:
+            self.feature_sums[map_hw] = f
+            self.feature_counts[map_hw] = 1
+
+    def features(self, map_hw: tuple[int, int]) -> torch.Tensor:
+        """[P, HW, d] average features at ``map_hw``."""
+        if map_hw not in self.feature_sums:
+            raise KeyError(f"no features were recorded at {map_hw}; recorded: {sorted(self.feature_sums)}")
+        return self.feature_sums[map_hw] / self.feature_counts[map_hw]
 
     def add(self, probs: torch.Tensor, map_hw: tuple[int, int]) -> None:
         m = probs.detach().float().mean(1)
@@ -233,6 +262,7 @@ class P2PController:
     local_blend: Optional[LocalBlend] = None
     store: AttentionStore = field(default_factory=AttentionStore)
     store_min_downscale: float = 2.0
+    feature_downscale: Optional[float] = 2.0  # record features on maps this much smaller than the latent (FWT)
 
     @property
     def num_prompts(self) -> int:
@@ -248,15 +278,29 @@ class P2PController:
         """Whether this self-attention layer injects the source's probabilities at this step."""
         return self.self_injection is not None and self.self_injection.active(info)
 
-    def cross(self, probs: torch.Tensor, info: LayerInfo) -> torch.Tensor:
-        """probs: [P, heads, HW, T] of the conditional rows. Returns the edited probabilities (same shape)."""
+    def wants_features(self, info: LayerInfo) -> bool:
+        """Whether this cross-attention layer needs its input hidden states (DPS, or FWT recording)."""
+        if any(e.dps is not None for e in self.edits):
+            return True
+        return self.feature_downscale is not None and abs(info.downscale - self.feature_downscale) < 1e-6
+
+    def cross(self, probs: torch.Tensor, info: LayerInfo, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """probs: [P, heads, HW, T] of the conditional rows; features: optional [P, HW, d] hidden states.
+        Returns the edited probabilities (same shape)."""
         if probs.shape[0] != self.num_prompts:
             raise ValueError(f"expected {self.num_prompts} prompt rows, got {probs.shape[0]}")
         if info.downscale >= self.store_min_downscale - 1e-6:
             self.store.add(probs, info.map_hw)
+        if features is not None and self.feature_downscale is not None and \
+                abs(info.downscale - self.feature_downscale) < 1e-6:
+            self.store.add_features(features, info.map_hw)
         rows = [probs[0]]
         for i, e in enumerate(self.edits, start=1):
-            rows.append(e.inject(probs[0], probs[i], info.step) if e.active(info.step) else probs[i])
+            if e.active(info.step):
+                rows.append(e.inject(probs[0], probs[i], info.step,
+                                     features[i] if features is not None else None, info.map_hw))
+            else:
+                rows.append(probs[i])
         return torch.stack(rows, 0)
 
     def after_step(self, x: torch.Tensor, step: int) -> torch.Tensor:

@@ -102,7 +102,12 @@ class AttentionEditPatch:
         sl = slice(c * P, (c + 1) * P)
         qc, kc, vc = q[sl], k[sl], v[sl]
         if self.is_cross:
-            probs = ctrl.cross(attention_probs(qc, kc, heads), info)
+            feats = None
+            if ctrl.wants_features(info):
+                captured = getattr(ctrl, "_captured", None)
+                if captured is not None and captured.shape[0] == q.shape[0] and captured.shape[1] == q.shape[1]:
+                    feats = captured[sl]
+            probs = ctrl.cross(attention_probs(qc, kc, heads), info, feats)
             edited = apply_probs(probs, vc, heads)
         else:
             src = attention_probs(qc[:1], kc[:1], heads)[0]  # [heads, HW, HW]
@@ -125,6 +130,18 @@ class AttentionEditPatch:
                 s = slice(j * P, (j + 1) * P)
                 parts.append(_plain_attention(q[s], k[s], v[s], heads, extra_options))
         return torch.cat(parts, 0)
+
+
+class FeatureCapture:
+    """An attn2_patch that keeps the cross-attention layer's input hidden states [B, HW, C] on the controller,
+    for the replace patch that follows in the same block (AdapEdit's visual embeddings E_[V])."""
+
+    def __init__(self, controller: P2PController):
+        self.controller = controller
+
+    def __call__(self, n, context, value, extra_options):
+        self.controller._captured = n
+        return n, context, value
 
 
 def transformer_block_keys(model_patcher) -> list[tuple[str, int, int]]:
@@ -165,6 +182,8 @@ def install_controller(model_patcher, controller: P2PController):
         raise ValueError("this model has no cross-attention transformer blocks (SpatialTransformer); "
                          "Prompt-to-Prompt needs an SD1.x/SD2.x-style UNet")
     replace = m.model_options.get("transformer_options", {}).get("patches_replace", {})
+    if any(e.dps is not None for e in controller.edits) or controller.feature_downscale is not None:
+        m.set_model_attn2_patch(FeatureCapture(controller))
     for key in transformer_block_keys(m):
         for name, is_cross in (("attn1", False), ("attn2", True)):
             existing = replace.get(name, {})

@@ -158,8 +158,8 @@ class _Spy:
         self.ctrl = ctrl
         orig = ctrl.cross
 
-        def cross(probs, info):
-            out = orig(probs, info)
+        def cross(probs, info, *rest):
+            out = orig(probs, info, *rest)
             self.calls.append((info.step, probs.detach().clone(), out.detach().clone()))
             return out
 
