@@ -438,7 +438,8 @@ class Trainer:
             self.step += 1
             hist.append(stats)
             if time.time() - last_log > a.log_every:
-                keys = hist[0].keys()
+                keys = hist[-1].keys()
+                hist = [h for h in hist if h.keys() == keys]
                 avg = {k: round(sum(h[k] for h in hist) / len(hist), 4) for k in keys}
                 log(f"{self.phase} step {self.step} {avg} {self.elapsed[self.phase] / max(1, self.step):.3f}s/step "
                     f"lr {self.opt.param_groups[0]['lr']:.2e}")
