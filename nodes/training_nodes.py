@@ -1,0 +1,351 @@
+"""Nodes: learn a concept from 3-5 pictures (textual inversion, Custom Diffusion), load and export concepts.
+
+Glue only: the training loops and file formats live in ``training/``. Training runs on the MODEL, CLIP and VAE
+already in the graph (clones; the inputs are never changed), reports progress, and stops on /interrupt after
+saving the best result so far (the run is then reported as interrupted; the saved file stays).
+
+Both trainers take their inputs as lists (``is_input_list``), so the reference pictures can be one IMAGE batch or
+the list output of core "Load Image Dataset from Folder" (pictures of different sizes are centre-cropped and
+resized to ``resolution``).
+"""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io, ui
+
+from ..training import custom_diffusion as cd
+from ..training import textual_inversion as ti
+from ..training.common import (TEMPLATES, TrainingInterrupted, clip_with_embeddings, file_in_folder, loss_plot,
+                               validate_name)
+from .common import CATEGORY, Progress
+
+#: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
+CONCEPTS = "attention_edit_concepts"
+CONCEPT_EXTENSIONS = {".safetensors", ".bin", ".pt", ".ckpt"}
+NONE_YET = "(no concepts yet)"
+
+
+def register_concept_folder() -> str:
+    """Registers models/attention_edit_concepts with folder_paths (kept if already there, e.g. from
+    extra_model_paths.yaml) and returns its default path."""
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, CONCEPTS)
+    paths, exts = folder_paths.folder_names_and_paths.get(CONCEPTS, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[CONCEPTS] = (paths, set(exts) | CONCEPT_EXTENSIONS)
+    return default
+
+
+register_concept_folder()
+
+
+def concepts_dir() -> str:
+    import folder_paths
+
+    register_concept_folder()
+    return folder_paths.get_folder_paths(CONCEPTS)[0]
+
+
+def embeddings_dir() -> str:
+    import folder_paths
+
+    return folder_paths.get_folder_paths("embeddings")[0]
+
+
+def _concept_files() -> list:
+    import folder_paths
+
+    register_concept_folder()
+    try:
+        files = folder_paths.get_filename_list(CONCEPTS)
+    except Exception:
+        files = []
+    # diffusers token files (<new1>.safetensors) are read with their weights file; list only loadable concepts
+    return [f for f in files if not os.path.basename(f).startswith(".")] or [NONE_YET]
+
+
+def _concept_path(name: str) -> str:
+    import folder_paths
+
+    register_concept_folder()
+    path = folder_paths.get_full_path(CONCEPTS, name) if name and name != NONE_YET else None
+    if path is None:
+        raise ValueError(f"no concept file {name!r} in {concepts_dir()}; train one with Train Custom Diffusion, or "
+                         "put a diffusers / delta.bin file there, then refresh the node list")
+    return path
+
+
+def _one(x):
+    """A scalar input of a list-input node: the first item."""
+    if isinstance(x, list):
+        return x[0] if x else None
+    return x
+
+
+class AE_TrainTextualInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_TrainTextualInversion",
+            display_name="Train Textual Inversion",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Learns a new word for a thing or a style from a few pictures (textual inversion, Gal et al. 2022): "
+                "only the new word's embedding vectors are trained, the model is frozen. Saves "
+                "embeddings/<name>.safetensors (use it as 'embedding:<name>' in any prompt) and returns a CLIP that "
+                "knows it at once. Interrupting keeps and saves the best vectors so far."),
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x); it is not changed."),
+                io.Clip.Input("clip", tooltip="Its text encoder; it is not changed (the output CLIP is a clone)."),
+                io.Vae.Input("vae", tooltip="Its VAE, to encode the reference pictures once."),
+                io.Image.Input("images", tooltip="3-5 pictures of the concept: an IMAGE batch, or the list from "
+                                                 "Load Image Dataset from Folder (mixed sizes are centre-cropped "
+                                                 "and resized)."),
+                io.String.Input("name", default="my_concept",
+                                tooltip="The new word and the file name: letters, digits, '_', '-', '.'; it must "
+                                        "not be a word CLIP already knows. An existing file of that name is "
+                                        "replaced."),
+                io.String.Input("initializer", default="object",
+                                tooltip="Word(s) close to the concept, e.g. 'teapot' or 'watercolor'; their token "
+                                        "embeddings start the new vectors."),
+                io.Int.Input("num_vectors", default=1, min=1, max=16,
+                             tooltip="Vectors per word: 1 (reference) is most editable; more capture more detail "
+                                     "and use up more of the 75-token prompt."),
+                io.Int.Input("steps", default=1000, min=1, max=100000,
+                             tooltip="Optimisation steps (reference: 3000-6000 at 512 px on SD1.x)."),
+                io.Float.Input("learning_rate", default=0.005, min=1e-6, max=1.0, step=1e-4,
+                               tooltip="AdamW learning rate of the vectors (reference: 5e-3 at batch 2)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Examples per step; memory grows with it."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the noise, timesteps, prompts and picture order."),
+                io.Combo.Input("templates", options=list(TEMPLATES), default="object",
+                               tooltip="object: prompts like 'a photo of a <word>'. style: prompts like 'a painting "
+                                       "in the style of <word>'."),
+                io.Int.Input("resolution", default=512, min=0, max=2048, step=8,
+                             tooltip="Pictures are centre-cropped to a square and resized to this size (512 for "
+                                     "SD1.5, 64 for ToyWorld). 0 keeps the first picture's size."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute UNet activations in the backward pass: much less memory, about "
+                                         "a third slower."),
+            ],
+            outputs=[
+                io.Clip.Output("clip_out", display_name="clip",
+                               tooltip="A clone of the CLIP that finds the new embedding ('embedding:<name>')."),
+                io.String.Output("word", tooltip="What to write in prompts: embedding:<name>."),
+                io.String.Output("path", tooltip="The saved embedding file."),
+                io.Image.Output("loss_plot", tooltip="The training loss per step (grey) and its running mean."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, name, initializer, num_vectors, steps, learning_rate, batch_size,
+                seed, templates, resolution, gradient_checkpointing) -> io.NodeOutput:
+        model, clip, vae = _one(model), _one(clip), _one(vae)
+        name = validate_name(_one(name), "name")
+        folder = embeddings_dir()
+        path = file_in_folder(folder, name + ".safetensors")
+        steps = int(_one(steps))
+        try:
+            res = ti.train_textual_inversion(
+                model, clip, vae, images, name, _one(initializer), num_vectors=_one(num_vectors), steps=steps,
+                learning_rate=_one(learning_rate), batch_size=_one(batch_size), seed=_one(seed),
+                templates=_one(templates), resolution=_one(resolution),
+                gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
+        except TrainingInterrupted as stop:
+            if stop.result.steps_done > 0:
+                ti.save_embedding(folder, stop.result)
+            raise
+        ti.save_embedding(folder, res)
+        plot = loss_plot(res.losses, f"textual inversion '{name}': probe loss {res.probe_before:.4f} -> "
+                                     f"{res.probe_after:.4f}")
+        out_clip = clip_with_embeddings(clip, extra_dirs=[folder])
+        return io.NodeOutput(out_clip, f"embedding:{name}", path, plot, ui=ui.PreviewImage(plot, cls=cls))
+
+
+class AE_TrainCustomDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_TrainCustomDiffusion",
+            display_name="Train Custom Diffusion",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Learns a concept from a few pictures with Custom Diffusion (Kumari et al. 2023): trains only the "
+                "cross-attention key/value projections and a new modifier token ('photo of a <v1> wooden pot'), "
+                "with prior preservation on class images. Saves one file to models/attention_edit_concepts/ and "
+                "returns the MODEL and CLIP with the concept applied (clones). Interrupting keeps and saves the best "
+                "result so far."),
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x); it is not changed."),
+                io.Clip.Input("clip", tooltip="Its text encoder; it is not changed."),
+                io.Vae.Input("vae", tooltip="Its VAE, to encode the pictures once."),
+                io.Image.Input("images", tooltip="3-5 pictures of the concept (IMAGE batch or a list from Load Image "
+                                                 "Dataset from Folder; mixed sizes are centre-cropped and resized)."),
+                io.String.Input("name", default="my_concept",
+                                tooltip="File name of the concept (letters, digits, '_', '-', '.'); an existing file "
+                                        "of that name is replaced."),
+                io.String.Input("modifier_token", default="<v1>",
+                                tooltip="The new word written before the class noun in prompts, e.g. '<v1>'. It "
+                                        "must not be a word CLIP already knows."),
+                io.String.Input("class_noun", default="object",
+                                tooltip="What the concept is, with modifiers: 'wooden pot', 'cat'. Training prompts "
+                                        "read 'photo of a <v1> wooden pot'; class prompts 'photo of a wooden pot'."),
+                io.String.Input("initializer", default="ktn",
+                                tooltip="Word whose token embedding starts the modifier token (reference: the rare "
+                                        "token 'ktn')."),
+                io.Image.Input("class_images", optional=True,
+                               tooltip="Pictures of other things of the same class for prior preservation (the "
+                                       "reference uses 200). Leave empty to train without a prior loss."),
+                io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="Weight of the class-image (prior preservation) loss (reference: 1.0)."),
+                io.Combo.Input("train", options=list(cd.TRAIN_MODES), default="crossattn_kv",
+                               tooltip="crossattn_kv: only attn2.to_k / to_v (reference). crossattn: all of attn2 "
+                                       "(q, k, v, out)."),
+                io.Int.Input("steps", default=500, min=1, max=100000,
+                             tooltip="Optimisation steps (reference: 250 on 2 GPUs, 500 on one)."),
+                io.Float.Input("learning_rate", default=2e-5, min=1e-8, max=1.0, step=1e-6,
+                               tooltip="AdamW learning rate (reference: 1e-5 x batch size x GPUs)."),
+                io.Int.Input("batch_size", default=2, min=1, max=64,
+                             tooltip="Concept pictures per step (plus as many class pictures)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the noise, timesteps, prompts, augmentation and picture order."),
+                io.Int.Input("resolution", default=512, min=0, max=2048, step=8,
+                             tooltip="Pictures are centre-cropped to a square and resized to this size (512 for "
+                                     "SD1.5). 0 keeps the first picture's size."),
+                io.Boolean.Input("augment", default=True,
+                                 tooltip="Custom Diffusion's augmentation: random shrinking (loss masked to the "
+                                         "picture, prompt 'a tiny ...') and enlarging ('a close-up ...'), and "
+                                         "mirroring. Off: mirroring only."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute UNet activations in the backward pass: much less memory, about "
+                                         "a third slower."),
+            ],
+            outputs=[
+                io.Model.Output("model_out", display_name="model", tooltip="A clone with the learned K/V deltas."),
+                io.Clip.Output("clip_out", display_name="clip",
+                               tooltip="A clone of the CLIP that knows the modifier token."),
+                io.String.Output("concept", tooltip="The saved concept file (in models/attention_edit_concepts/)."),
+                io.Image.Output("loss_plot", tooltip="The training loss per step (grey) and its running mean."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, name, modifier_token, class_noun, initializer, prior_loss_weight,
+                train, steps, learning_rate, batch_size, seed, resolution, augment, gradient_checkpointing,
+                class_images=None) -> io.NodeOutput:
+        model, clip, vae = _one(model), _one(clip), _one(vae)
+        name = validate_name(_one(name), "name")
+        folder = concepts_dir()
+        file_in_folder(folder, name + ".safetensors")
+        steps = int(_one(steps))
+        try:
+            res = cd.train_custom_diffusion(
+                model, clip, vae, images, modifier_token=_one(modifier_token), class_noun=_one(class_noun),
+                initializer=_one(initializer), class_images=class_images,
+                prior_loss_weight=_one(prior_loss_weight), mode=_one(train), steps=steps,
+                learning_rate=_one(learning_rate), batch_size=_one(batch_size), seed=_one(seed),
+                resolution=_one(resolution), augment=bool(_one(augment)),
+                gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
+        except TrainingInterrupted as stop:
+            if stop.result.steps_done > 0:
+                cd.save_concept(folder, name, stop.result)
+            raise
+        path = cd.save_concept(folder, name, res)
+        m, c = cd.apply_concept(model, clip, res.deltas, res.tokens)
+        plot = loss_plot(res.losses, f"custom diffusion '{name}': probe loss {res.probe_before:.4f} -> "
+                                     f"{res.probe_after:.4f}")
+        return io.NodeOutput(m, c, os.path.relpath(path, folder), plot, ui=ui.PreviewImage(plot, cls=cls))
+
+
+class AE_LoadCustomDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_LoadCustomDiffusion",
+            display_name="Load Custom Diffusion Concept",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Applies a Custom Diffusion concept to MODEL (K/V weight patches on a clone) and CLIP (the modifier "
+                "token; write it in prompts as it was trained, e.g. 'photo of a <v1> wooden pot'). Reads this "
+                "pack's files, diffusers' pytorch_custom_diffusion_weights.safetensors (with the <new1>.safetensors "
+                "token files next to it) and the original delta.bin, from models/attention_edit_concepts/."),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the concept was trained for."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Combo.Input("concept", options=_concept_files(),
+                               tooltip="A concept file in models/attention_edit_concepts/ (subfolders allowed)."),
+                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Scale of the weight changes (1 = as trained; 0 = the token only)."),
+            ],
+            outputs=[
+                io.Model.Output("model_out", display_name="model", tooltip="A clone with the concept's weights."),
+                io.Clip.Output("clip_out", display_name="clip", tooltip="A clone that knows the modifier token(s)."),
+                io.String.Output("modifier_tokens", tooltip="The concept's modifier token(s), comma-separated."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model, clip, concept, strength):
+        try:
+            return (concept, os.path.getmtime(_concept_path(concept)), strength)
+        except Exception:
+            return concept
+
+    @classmethod
+    def execute(cls, model, clip, concept, strength) -> io.NodeOutput:
+        path = _concept_path(concept)
+        c = cd.load_concept(path)
+        deltas, tokens = cd.resolve_concept(c, model, clip, what=f"concept {concept!r}")
+        m, cl = cd.apply_concept(model, clip, deltas, tokens, strength)
+        return io.NodeOutput(m, cl, ", ".join(tokens))
+
+
+class AE_ExportCustomDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_ExportCustomDiffusion",
+            display_name="Export Custom Diffusion (diffusers)",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Writes a concept in the diffusers format (output/custom_diffusion/<folder>/"
+                "pytorch_custom_diffusion_weights.safetensors with full K/V weights, and <token>.safetensors), "
+                "for diffusers' load_attn_procs / load_textual_inversion."),
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The base model the concept belongs to (its weights are added to "
+                                                "the deltas)."),
+                io.Combo.Input("concept", options=_concept_files(),
+                               tooltip="A concept file in models/attention_edit_concepts/."),
+                io.String.Input("folder", default="",
+                                tooltip="Output folder name under output/custom_diffusion/ (empty: the concept's "
+                                        "name)."),
+            ],
+            outputs=[io.String.Output("path", tooltip="The folder written.")],
+        )
+
+    @classmethod
+    def execute(cls, model, concept, folder) -> io.NodeOutput:
+        import folder_paths
+
+        path = _concept_path(concept)
+        stem = os.path.splitext(os.path.basename(concept))[0]
+        name = validate_name(folder.strip() or stem, "folder name")
+        root = os.path.join(folder_paths.get_output_directory(), "custom_diffusion")
+        out_dir = file_in_folder(root, name)
+        c = cd.load_concept(path)
+        deltas, tokens = cd.resolve_concept(c, model, None, what=f"concept {concept!r}")
+        cd.export_diffusers(out_dir, model, deltas, tokens)
+        return io.NodeOutput(out_dir, ui={"text": [out_dir]})
+
+
+NODES = [AE_TrainTextualInversion, AE_TrainCustomDiffusion, AE_LoadCustomDiffusion, AE_ExportCustomDiffusion]
