@@ -67,6 +67,7 @@ class PromptEdit:
     alphas: Optional[torch.Tensor] = None
     equalizer: Optional[torch.Tensor] = None
     dps: Optional[object] = None  # attention.adapedit.DPS: interpolate instead of taking the edit's own maps
+    keyword_tokens: tuple = ()  # target positions of the edited words (swapped or added)
 
     def __post_init__(self):
         if self.kind not in ("replace", "refine"):

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import align
+from .adapedit import DPS, fwt_tau, schedule_text
 from .controllers import LocalBlend, P2PController, PromptEdit, SelfInjection
 
 Window = Union[float, tuple]
@@ -32,6 +33,17 @@ class LocalBlendSpec:
     threshold: float = 0.3
     start: float = 0.2
     downscale: float = 4.0
+
+
+@dataclass(frozen=True)
+class DPSSpec:
+    """AdapEdit DPS settings (Eq. 8-9): lambda_s (interpolation weight), lambda_sv (scale of S[V]), alpha_m (map
+    threshold of the pixel mask), pixel_mask (False = the paper's 'w/o DPS*' ablation)."""
+
+    lambda_s: float = 0.9
+    lambda_sv: float = 1.0
+    alpha_m: float = 0.03
+    pixel_mask: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,10 @@ class EditSpec:
     self_min_downscale: float = 4.0
     equalizer: tuple = ()
     local_blend: Optional[LocalBlendSpec] = None
+    dps: Optional[DPSSpec] = None
+
+    def with_dps(self, dps: Optional[DPSSpec]) -> "EditSpec":
+        return replace(self, dps=dps)
 
     def with_equalizer(self, word_values: Sequence) -> "EditSpec":
         return replace(self, equalizer=tuple(self.equalizer) + tuple((w, float(v)) for w, v in word_values))
@@ -83,8 +99,17 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
         eq = None
         if spec.equalizer:
             eq = align.equalizer(tokenizer, target, list(spec.equalizer))
+        kw = keyword_tokens(tokenizer, source_prompt, target, a)
+        dps = None
+        if spec.dps is not None:
+            if not kw:
+                raise ValueError(f"AdapEdit DPS needs edited words, but {target!r} does not change any word of "
+                                 f"{source_prompt!r}")
+            d = spec.dps
+            dps = DPS(keyword_tokens=kw, lambda_s=d.lambda_s, lambda_sv=d.lambda_sv, alpha_m=d.alpha_m,
+                      pixel_mask=d.pixel_mask)
         edits.append(PromptEdit(kind=a.mode, mapper=a.mapper, alphas=None if a.mode == "replace" else a.alphas,
-                                cross_alpha=alpha[:, i, :].clone(), equalizer=eq))
+                                cross_alpha=alpha[:, i, :].clone(), equalizer=eq, dps=dps, keyword_tokens=tuple(kw)))
     start, end = align.self_replace_range(num_steps, spec.self_replace_steps)
     self_inj = SelfInjection(start, end, spec.self_min_downscale) if end > start else None
     blend = None
@@ -106,6 +131,50 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
     store_min = min(2.0, blend.downscale) if blend is not None else 2.0
     return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend,
                          store_min_downscale=store_min)
+
+
+def keyword_tokens(tokenizer, source: str, target: str, alignment: "align.Alignment") -> list:
+    """Token positions (in the target) of the edited words: swapped words for a word swap, the target tokens
+    without a source counterpart (alphas == 0) for a refine."""
+    if alignment.mode == "replace":
+        sw, tw = align.prompt_words(source), align.prompt_words(target)
+        out = []
+        for i, (a, b) in enumerate(zip(sw, tw)):
+            if a.lower() != b.lower():
+                out.extend(align.word_token_indices(tokenizer, target, i))
+        return out
+    n = len(align.hf_tokenizer(tokenizer)(target)["input_ids"]) - 1  # positions 1 .. n-1 are the words
+    return [j for j in range(1, n) if float(alignment.alphas[j]) == 0.0]
+
+
+def word_positions(tokenizer, prompt: str) -> dict:
+    """{word: [token positions]} for the words of ``prompt``; a repeated word gets all its positions."""
+    out: dict = {}
+    for i, w in enumerate(align.prompt_words(prompt)):
+        out.setdefault(w, []).extend(align.word_token_indices(tokenizer, prompt, i))
+    return out
+
+
+def fwt_schedule(tokenizer, store, prompts: Sequence[str], keywords: Sequence[int], prompt_index: int = 1,
+                 lambda_tau: float = 1.0, alpha_m: float = 0.03, pixel_mask: bool = True,
+                 default: float = 0.8) -> tuple:
+    """AdapEdit FWT from a finished edit's recorded maps and features: (taus {word: tau}, widget text).
+
+    store: the AttentionStore of the run (maps and features recorded at half the latent resolution, the
+    paper's 32x32 at 512px); prompts: [source, edit_1, ...]; keywords: target positions of the edited words of
+    ``prompts[prompt_index]``. The analysis runs after the last step, so it does not depend on how many model
+    calls the sampler made.
+    """
+    if not store.feature_sums:
+        raise ValueError("no visual features were recorded: run the Edit Sampler with an edit first, then FWT")
+    if not 1 <= prompt_index < len(prompts):
+        raise ValueError(f"prompt_index must be an edited prompt, 1..{len(prompts) - 1}")
+    hw = sorted(store.feature_sums, key=lambda r: -r[0] * r[1])[0]
+    maps = store.average(hw)[prompt_index].reshape(hw[0] * hw[1], -1)
+    feats = store.features(hw)[prompt_index]
+    target = prompts[prompt_index]
+    taus = fwt_tau(maps, feats, keywords, word_positions(tokenizer, target), lambda_tau, alpha_m, pixel_mask)
+    return taus, schedule_text(taus, default)
 
 
 def split_words(text: str) -> tuple:

@@ -29,6 +29,8 @@ class AttentionMapsValue:
     store: object
     prompts: list
     tokens: list = field(default_factory=list)
+    keywords: list = field(default_factory=list)  # per edited prompt: target positions of its edited words
+    spatial: list = field(default_factory=list)   # per edited prompt: mean S[V] map [h, w] of DPS, or None
 
 
 def encode(clip, prompt: str, what: str = "prompt"):

@@ -15,7 +15,11 @@ RESOLUTIONS = ("1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)", "1/8 (8x8 at 512p
 
 def _downscale(choice: str) -> float:
     """'1/4 (16x16 at 512px)' -> 4.0 (latent side / attention-map side)."""
-    return {"1/4": 4.0, "1/2": 2.0, "1/8": 8.0, "full": 1.0}[choice.split(" ")[0]]
+    values = {"1/4": 4.0, "1/2": 2.0, "1/8": 8.0, "full": 1.0}
+    key = str(choice).split(" ")[0]
+    if key not in values:
+        raise ValueError(f"unknown resolution {choice!r}; choose one of: {', '.join(RESOLUTIONS)}")
+    return values[key]
 
 
 class AE_P2PEdit(io.ComfyNode):
@@ -172,8 +176,15 @@ class AE_P2PEditSampler(io.ComfyNode):
             conds = [encode(clip, p, "edited prompt") for p in edit.target_prompts]
             prompts += list(edit.target_prompts)
         out = run_edit(model, inversion, conds, controller, progress=Progress(N))
+        spatial = []
+        for e in (controller.edits if controller else []):
+            rec = e.dps.record if e.dps is not None else {}
+            hw = max(rec, key=lambda r: r[0] * r[1]) if rec else None
+            spatial.append(e.dps.mean_map(hw) if hw else None)
         maps = AttentionMapsValue(store=controller.store if controller else None, prompts=prompts,
-                                  tokens=[token_strings(clip, p) for p in prompts])
+                                  tokens=[token_strings(clip, p) for p in prompts],
+                                  keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
+                                  spatial=spatial)
         return io.NodeOutput({"samples": out}, {"samples": out[:1].clone()},
                              {"samples": out[1:].clone() if out.shape[0] > 1 else out[:1].clone()}, maps)
 
@@ -199,8 +210,11 @@ class AE_AttentionMapPreview(io.ComfyNode):
 
     @classmethod
     def execute(cls, attention, prompt_index, cell_size) -> io.NodeOutput:
-        if attention.store is None or not attention.store.sums:
+        if attention.store is None:
             raise ValueError("no attention maps were recorded: connect an edit to the Edit Sampler")
+        if not attention.store.sums:
+            raise ValueError("no attention maps were recorded: this model has no cross-attention layer at half the "
+                             "latent resolution or smaller (maps are recorded there, as in the reference)")
         if prompt_index >= len(attention.prompts):
             raise ValueError(f"prompt_index {prompt_index} is out of range: the edit has "
                              f"{len(attention.prompts)} prompts (0 = source)")
