@@ -64,8 +64,12 @@ def _concept_files() -> list:
         files = folder_paths.get_filename_list(CONCEPTS)
     except Exception:
         files = []
-    # diffusers token files (<new1>.safetensors) are read with their weights file; list only loadable concepts
-    return [f for f in files if not os.path.basename(f).startswith(".")] or [NONE_YET]
+    # diffusers token files (<new1>.safetensors) are read with the weights file next to them: list only that one
+    weights_dirs = {os.path.dirname(f) for f in files if os.path.basename(f) in (cd.DIFFUSERS_WEIGHTS_NAME,
+                                                                               "pytorch_custom_diffusion_weights.bin")}
+    keep = [f for f in files if not os.path.basename(f).startswith(".") and
+            (os.path.dirname(f) not in weights_dirs or os.path.basename(f).startswith("pytorch_custom_diffusion"))]
+    return keep or [NONE_YET]
 
 
 def _concept_path(name: str) -> str:

@@ -310,8 +310,12 @@ def test_custom_diffusion_saved_reloaded_is_bit_identical(comfy, tiny, cd_run):
     g.update({k + "_b": v for k, v in base.items()})
     for k in ("ks_b",):
         g[k]["inputs"].update(positive=["pos_b", 0], negative=["neg_b", 0], latent_image=["lat_b", 0])
-    r2 = comfy.run_workflow(g, outputs=["ks", "ks_b", "l"])
+    g["x"] = {"class_type": "AE_ExportCustomDiffusion", "inputs": {"model": ["m", 0], "concept": res.value("t", 2),
+                                                                   "folder": ""}}
+    r2 = comfy.run_workflow(g, outputs=["ks", "ks_b", "l", "x"])
     assert r2.value("l", 2) == "<v1>"
+    out_dir = r2.value("x", 0)
+    assert sorted(os.listdir(out_dir)) == ["pytorch_custom_diffusion_weights.safetensors", "v1.safetensors"]
     trained = res.value("ks", 0)["samples"]
     assert torch.equal(r2.value("ks", 0)["samples"], trained)
     assert not torch.equal(r2.value("ks_b", 0)["samples"], trained)
@@ -369,6 +373,14 @@ def test_custom_diffusion_diffusers_format_round_trips(comfy, tiny, cd_run, tmp_
                 "modifier_token": {"<v1>": tok["<v1>"]}}, str(bin_path))
     from_bin, bin_tok = cd.resolve_concept(cd.load_concept(str(bin_path)), mp, clip)
     assert all(torch.equal(from_bin[k], back[k]) for k in back) and torch.equal(bin_tok["<v1>"], back_tok["<v1>"])
+
+    # the CompVis delta_epoch=*.ckpt layout
+    ckpt = tmp_path / "delta_epoch=000001.ckpt"
+    full = {"model." + k: cd.base_weight(mp, k).float() + d for k, d in deltas.items()}
+    torch.save({"state_dict": {**full, "embed": tokens["<v1>"]}}, str(ckpt))
+    from_ckpt, ckpt_tok = cd.resolve_concept(cd.load_concept(str(ckpt)), mp, clip)
+    assert set(ckpt_tok) == {"<new1>"} and torch.equal(ckpt_tok["<new1>"], tokens["<v1>"])
+    assert all(torch.equal(from_ckpt[k], back[k]) for k in back)
 
     # a file made by diffusers itself: random K/V processors, save_attn_procs -> our loader
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
@@ -495,3 +507,21 @@ def test_concept_for_another_architecture_names_the_keys(comfy, tiny):
         comfy.run_workflow(g, outputs=["l"])
     os.remove(path)
     os.remove(p2)
+
+
+def test_custom_diffusion_all_of_attn2_option(comfy, tiny, refs, tmp_path):
+    """train='crossattn' trains every attn2 parameter (q, k, v, out weight and bias); the diffusers export holds
+    them under to_q/to_k/to_v/to_out_custom_diffusion and reads back."""
+    from attention_edit.training import custom_diffusion as cd
+
+    mp, clip, vae = tiny
+    with torch.inference_mode():
+        r = cd.train_custom_diffusion(mp, clip, vae, refs, "<zq2>", "mug", mode="crossattn", steps=3,
+                                      learning_rate=1e-3, batch_size=1, resolution=64, augment=False)
+    leaves = {k.split(".attn2.")[1] for k in r.deltas}
+    assert leaves == {"to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"}
+    assert len(r.deltas) == 35 and all(float(d.abs().max()) > 0 for d in r.deltas.values())
+    cd.export_diffusers(str(tmp_path), mp, r.deltas, r.tokens)
+    back, tok = cd.resolve_concept(cd.load_concept(str(tmp_path / cd.DIFFUSERS_WEIGHTS_NAME)), mp, clip)
+    assert back.keys() == r.deltas.keys() and set(tok) == {"<zq2>"}
+    assert max(float((back[k] - r.deltas[k]).abs().max()) for k in back) < 1e-6

@@ -184,17 +184,21 @@ def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def prepare_pixels(images: Sequence[torch.Tensor], resolution: int, multiple: int = 8) -> torch.Tensor:
+def prepare_pixels(images: Sequence[torch.Tensor], resolution: int, multiple: int = 8,
+                   size: Optional[tuple] = None) -> torch.Tensor:
     """Brings reference images to one size: [N, 3, R, R] (or [N, 3, H, W]) floats in [0, 1].
 
     ``resolution`` > 0: every image is centre-cropped to a square and resized to resolution x resolution (what the
     reference trainers do, 512 for SD1.x). ``resolution`` == 0: images of mixed sizes are centre-cropped to the
     FIRST image's aspect ratio and resized to its size (documented choice: mixed sizes are accepted, not refused).
-    Sizes are rounded down to a multiple of ``multiple`` (the VAE's downscale factor)."""
+    Sizes are rounded down to a multiple of ``multiple`` (the VAE's downscale factor). ``size`` (h, w) overrides
+    both (class images are brought to the reference images' size)."""
     if not images:
         raise ValueError("no reference images were given")
     first = images[0]
-    if resolution and resolution > 0:
+    if size is not None:
+        h, w = int(size[0]), int(size[1])
+    elif resolution and resolution > 0:
         h = w = int(resolution)
     else:
         h, w = int(first.shape[0]), int(first.shape[1])
@@ -641,6 +645,15 @@ class TrainingSession(contextlib.AbstractContextManager):
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
+            # ComfyUI clears weight functions when a model is next loaded; remove this session's wrappers now, so
+            # the shared modules hold no training-only function in between
+            mine = {id(f) for fs in self.mp.weight_wrapper_patches.values() for f in fs}
+            if mine:
+                for m in self.mp.model.modules():
+                    for attr in ("weight_function", "bias_function"):
+                        fs = getattr(m, attr, None)
+                        if fs:
+                            setattr(m, attr, [f for f in fs if id(f) not in mine])
             for i in range(len(mm.current_loaded_models) - 1, -1, -1):
                 lm = mm.current_loaded_models[i]
                 if lm.model is self.mp:
@@ -648,6 +661,14 @@ class TrainingSession(contextlib.AbstractContextManager):
         finally:
             self._stack.close()
         return False
+
+    def grad_scaler(self):
+        """A loss scaler against fp16 gradient underflow: active when the UNet computes in float16 on a CUDA
+        device (the trained tensors themselves are float32), a no-op otherwise. Use ``step(opt, loss)``."""
+        mdl = self.mp.model
+        dtype = getattr(mdl, "manual_cast_dtype", None) or mdl.get_dtype()
+        on = dtype == torch.float16 and getattr(self.device, "type", str(self.device)) == "cuda"
+        return _Stepper(torch.amp.GradScaler("cuda", enabled=True) if on else None)
 
     def sigmas_for(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Model sigmas of integer training timesteps [B] (0 .. num_timesteps - 1)."""
@@ -657,6 +678,23 @@ class TrainingSession(contextlib.AbstractContextManager):
     def num_timesteps(self) -> int:
         ms = self.mp.get_model_object("model_sampling")
         return int(ms.sigmas.shape[0])
+
+
+class _Stepper:
+    """backward + optimizer step, through a GradScaler when one is given."""
+
+    def __init__(self, scaler=None):
+        self.scaler = scaler
+
+    def step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
 
 
 def eps_loss(session: TrainingSession, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,

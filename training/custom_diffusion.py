@@ -191,9 +191,7 @@ def train_custom_diffusion(model_patcher, clip, vae, images, modifier_token: str
     pool = build_pool(pixels, vae, model_patcher, "rescale" if augment else "flip", variants_per_image, seed)
     class_pool = None
     if class_images is not None and (not isinstance(class_images, (list, tuple)) or len(class_images) > 0):
-        cpx = prepare_pixels(collect_images(class_images, "class images"), int(pixels.shape[-1]), multiple=factor)
-        if cpx.shape[-2:] != pixels.shape[-2:]:
-            cpx = prepare_pixels([c.permute(1, 2, 0) for c in cpx], 0, factor)
+        cpx = prepare_pixels(collect_images(class_images, "class images"), 0, factor, size=tuple(pixels.shape[-2:]))
         class_pool = build_pool(cpx, vae, model_patcher, "flip", 2, seed + 1)
     tmpl = TEMPLATES["object"]
     enc = PromptEncoder(clip, token, 1, width)
@@ -218,6 +216,7 @@ def train_custom_diffusion(model_patcher, clip, vae, images, modifier_token: str
         T = sess.num_timesteps()
         opt = torch.optim.AdamW(list(deltas.values()) + [vector], lr=float(learning_rate),
                                 weight_decay=float(weight_decay))
+        stepper = sess.grad_scaler()
         class_ctx: dict = {}
 
         def class_context(text: str) -> torch.Tensor:
@@ -273,9 +272,7 @@ def train_custom_diffusion(model_patcher, clip, vae, images, modifier_token: str
                 loss = per[:batch_size].mean()
                 if class_pool is not None:
                     loss = loss + float(prior_loss_weight) * per[batch_size:].mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                stepper.step(opt, loss)
                 losses.append(float(loss.detach()))
                 best.update(step + 1, losses[-1])
                 if progress is not None:

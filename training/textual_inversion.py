@@ -120,6 +120,7 @@ def train_textual_inversion(model_patcher, clip, vae, images, name: str, initial
         T = sess.num_timesteps()
         vectors = torch.nn.Parameter(init.clone().to(dev))
         opt = torch.optim.AdamW([vectors], lr=float(learning_rate), weight_decay=float(weight_decay))
+        stepper = sess.grad_scaler()
         probe = _probe_set(pool, tmpl, ph, T, seed)
 
         def probe_loss():
@@ -145,9 +146,7 @@ def train_textual_inversion(model_patcher, clip, vae, images, name: str, initial
                 ts = torch.randint(0, T, (batch_size,), generator=gen)
                 noise = torch.randn(pool.latents[idx].shape, generator=gen)
                 loss = eps_loss(sess, pool.latents[idx], noise, sess.sigmas_for(ts), ctx, pool.masks[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                stepper.step(opt, loss)
                 losses.append(float(loss.detach()))
                 best.update(step + 1, losses[-1])
                 if progress is not None:
