@@ -608,6 +608,13 @@ class TrainingSession(contextlib.AbstractContextManager):
         return self.mp.load_device
 
     def __enter__(self):
+        try:
+            return self._enter()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _enter(self):
         import comfy.model_management as mm
 
         self._stack.enter_context(torch.inference_mode(False))
