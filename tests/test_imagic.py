@@ -418,9 +418,8 @@ def test_bad_conditioning_eta_and_files_give_clear_errors(comfy, tiny, stage1, t
         im.parse_etas("0.5 2")
     g = objects(comfy, im=stage1)
     g["i"] = interp(["im", 0], 1.6)
-    with pytest.raises(comfy.WorkflowError) as ei:
+    with pytest.raises(comfy.WorkflowValidationError, match="Value 1.6 bigger than max of 1.5"):
         comfy.run_workflow(g, outputs=["i"])
-    assert "1.6" in str(ei.value) or "1.6" in str(getattr(ei.value, "node_errors", "")), ei.value
     # fine-tuning settings
     with pytest.raises(ValueError, match="unknown fine-tuning mode 'bitfit'"):
         im.finetune(mp, stage1, mode="bitfit")

@@ -56,8 +56,7 @@ from .textual_inversion import _vae_factor
 __all__ = [
     "FORMAT", "TRAIN_MODES", "DEFAULT_LEARNING_RATES", "EMBEDDING_DEFAULTS", "FINETUNE_DEFAULTS", "ETA_MIN",
     "ETA_MAX", "ETA_DEFAULT", "Imagic", "is_imagic", "target_embedding", "encode_photo", "optimize_embedding",
-    "finetune",
-    "trained_keys", "interpolate", "conditioning", "parse_etas", "sweep", "apply_imagic", "save_imagic",
+    "finetune", "trained_keys", "interpolate", "conditioning", "parse_etas", "sweep", "apply_imagic", "save_imagic",
     "load_imagic", "eta_grid",
 ]
 
