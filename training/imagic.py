@@ -80,7 +80,7 @@ PROBE_POINTS = 8
 # the result
 # ----------------------------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Imagic:
     """An Imagic run (the pack's AE_IMAGIC value; never mutated, each stage returns a new one).
 
@@ -98,6 +98,10 @@ class Imagic:
     embedding_losses: list = field(default_factory=list)
     finetune_losses: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # short: the tensors (a whole UNet for mode "full") are not printed
+        return (f"Imagic(name={self.name!r}, stage={self.stage!r}, e_tgt={list(self.e_tgt.shape)}, "
+                f"photo_latent={list(self.photo_latent.shape)}, unet_tensors={len(self.unet)})")
 
     @property
     def stage(self) -> str:
