@@ -166,7 +166,9 @@ class AE_ImagicFineTune(io.ComfyNode):
                 "learned so far."),
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The same diffusion model as in step 1; it is not changed."),
+                io.Model.Input("model", tooltip="The same diffusion model as in step 1 (the checkpoint's, not a fine-tuned "
+                                                "one: the file stores the change relative to it); it is not "
+                                                "changed."),
                 ImagicType.Input("imagic", tooltip="From Imagic 1: Optimise Embedding (or Load Imagic)."),
                 io.Combo.Input("train", options=list(im.TRAIN_MODES), default=im.FINETUNE_DEFAULTS["mode"],
                                tooltip="lora: a low-rank adapter on every linear/conv weight of the UNet (small "
