@@ -92,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--inner", type=int, default=10, help="null-text inner steps (reference 10)")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only null-text inversion (its time and peak memory), e.g. --full-size --steps 1 --inner 1")
     args = ap.parse_args(argv)
 
     import comfy.cli_args
@@ -137,7 +139,7 @@ def main(argv=None):
         torch.cuda.reset_peak_memory_stats()
         mm.load_models_gpu([m])
         base_gpu = torch.cuda.memory_allocated()
-    for method in ("ddim", "negative_prompt", "null_text"):
+    for method in (("null_text",) if args.memory_only else ("ddim", "negative_prompt", "null_text")):
         reps = 1 if (method == "null_text" and args.full_size) else args.repeats
         old = args.repeats
         args.repeats = reps
@@ -154,11 +156,15 @@ def main(argv=None):
                 mem = (f"{rss.growth_gb:.2f} GiB CPU (peak RSS during the inversion minus RSS before it; "
                        f"process peak {rss.peak / 1024:.2f} GiB)")
     inner_total = sum(len(x) for x in invs["null_text"].losses)
-    rows.append(("DDIM inversion time", f"{times['ddim']:.3f} s"))
-    rows.append(("negative-prompt inversion time", f"{times['negative_prompt']:.3f} s"))
+    if not args.memory_only:
+        rows.append(("DDIM inversion time", f"{times['ddim']:.3f} s"))
+        rows.append(("negative-prompt inversion time", f"{times['negative_prompt']:.3f} s"))
     rows.append(("null-text inversion time", f"{times['null_text']:.3f} s ({inner_total} inner steps)"))
-    rows.append(("null-text / DDIM inversion time", f"{times['null_text'] / times['ddim']:.1f}x"))
+    if not args.memory_only:
+        rows.append(("null-text / DDIM inversion time", f"{times['null_text'] / times['ddim']:.1f}x"))
     rows.append(("null-text peak memory", mem))
+    if args.memory_only:
+        return _print(rows, label, steps, device)
 
     if not args.skip_quality and not args.full_size:
         errs = {}
@@ -195,11 +201,16 @@ def main(argv=None):
     rows.append(("P2P edit (source + edit, controller on)", f"{t_p2p:.3f} s"))
     rows.append(("P2P / plain", f"{t_p2p / t_plain:.2f}x (target <= 1.3x)"))
 
+    return _print(rows, label, steps, device)
+
+
+def _print(rows, label, steps, device) -> int:
     print(f"\n### Foundation benchmark: {label}, {steps} steps, cfg 7.5, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| figure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
+    sys.stdout.flush()
     return 0
 
 
