@@ -313,6 +313,7 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
     vae.upscale_ratio = cfg.vae_downscale
     vae.toy_config = cfg
     model_patcher.toy_config = cfg
+    model.toy_config = cfg  # survives ModelPatcher.clone()
     clip.toy_config = cfg
     return model_patcher, clip, vae
 
@@ -350,7 +351,8 @@ def save_weights(path, model_patcher, clip, vae, dtype=torch.float16, extra_meta
 
     from safetensors.torch import save_file
 
-    cfg = getattr(model_patcher, "toy_config", None) or getattr(vae, "toy_config", None)
+    cfg = (getattr(model_patcher, "toy_config", None) or getattr(model_patcher.model, "toy_config", None)
+           or getattr(vae, "toy_config", None))
     if cfg is None:
         raise ValueError("model was not built by build_sd1x (no toy_config attached)")
     tensors = {}
