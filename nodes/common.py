@@ -62,6 +62,22 @@ class Progress:
         self.bar.update_absolute(done, total)
 
 
+def register_model_folder(name: str, extensions) -> str:
+    """Registers models/<name> with folder_paths (keeping paths already configured, e.g. by
+    extra_model_paths.yaml; adding ``extensions``) and returns its default path."""
+    import os
+
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, name)
+    paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
+    return default
+
+
 def latent_samples(latent: dict) -> torch.Tensor:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("expected a LATENT (e.g. from VAE Encode)")

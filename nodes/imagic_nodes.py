@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..training import imagic as im
 from ..training.common import TrainingInterrupted, file_in_folder, loss_plot, validate_name
-from .common import CATEGORY, Progress
+from .common import CATEGORY, Progress, register_model_folder
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -29,18 +29,8 @@ SUBCATEGORY = f"{CATEGORY}/imagic"
 
 
 def register_imagic_folder() -> str:
-    """Registers models/attention_edit_imagic with folder_paths (keeping paths already configured, e.g. from
-    extra_model_paths.yaml) and returns its default path."""
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, IMAGIC_FOLDER)
-    paths, exts = folder_paths.folder_names_and_paths.get(IMAGIC_FOLDER, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.insert(0, default)
-    folder_paths.folder_names_and_paths[IMAGIC_FOLDER] = (paths, set(exts) | {".safetensors"})
-    return default
-
+    """Registers models/attention_edit_imagic with folder_paths and returns its default path."""
+    return register_model_folder(IMAGIC_FOLDER, {".safetensors"})
 
 register_imagic_folder()
 

@@ -18,7 +18,7 @@ from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
 from ..training.common import (TEMPLATES, TrainingInterrupted, clip_with_embeddings, file_in_folder, loss_plot,
                                validate_name)
-from .common import CATEGORY, Progress
+from .common import CATEGORY, Progress, register_model_folder
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
 CONCEPTS = "attention_edit_concepts"
@@ -27,18 +27,8 @@ NONE_YET = "(no concepts yet)"
 
 
 def register_concept_folder() -> str:
-    """Registers models/attention_edit_concepts with folder_paths (kept if already there, e.g. from
-    extra_model_paths.yaml) and returns its default path."""
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, CONCEPTS)
-    paths, exts = folder_paths.folder_names_and_paths.get(CONCEPTS, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.insert(0, default)
-    folder_paths.folder_names_and_paths[CONCEPTS] = (paths, set(exts) | CONCEPT_EXTENSIONS)
-    return default
-
+    """Registers models/attention_edit_concepts with folder_paths and returns its default path."""
+    return register_model_folder(CONCEPTS, CONCEPT_EXTENSIONS)
 
 register_concept_folder()
 
