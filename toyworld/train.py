@@ -342,6 +342,9 @@ class Trainer:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step + 77)
         x0 = self.latents[idx] * 0.18215
         t = torch.randint(0, 1000, (len(idx),), generator=g)
+        if a.t_bias > 0:  # a share of the batch at high noise, where layout and attribute binding are decided
+            hi = torch.randint(300, 1000, (len(idx),), generator=g)
+            t = torch.where(torch.rand(len(idx), generator=g) < a.t_bias, hi, t)
         noise = torch.randn(x0.shape, generator=g)
         ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
@@ -639,6 +642,7 @@ def parse_args(argv=None):
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-6)
     ap.add_argument("--uncond-prob", type=float, default=0.1)
+    ap.add_argument("--t-bias", type=float, default=0.4, help="share of timesteps drawn from [300, 1000) instead of [0, 1000)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--ckpt-every", type=float, default=180.0, help="seconds")
     ap.add_argument("--probe-every", type=float, default=600.0, help="seconds")
