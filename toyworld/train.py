@@ -553,6 +553,42 @@ def decoder_finetune(args) -> None:
     save("stop" if _STOP["flag"] else "final")
 
 
+def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
+    """Writes the fp16 weights file (sd1x.save_weights format) of a training run: EMA UNet + text encoder from
+    ``ckpt.safetensors`` and the VAE with the fine-tuned decoder (``decoder.safetensors``) when there is one."""
+    from ..models import sd1x
+
+    tensors, meta = load_ckpt(os.path.join(out_dir, "ckpt.safetensors"))
+    if meta["phase"] != "unet":
+        raise SystemExit("the run is still in its VAE phase: nothing to export yet")
+    sd = {}
+    for k, v in tensors.items():
+        if k.startswith("vae/"):
+            sd["vae." + k[4:]] = v
+        elif k.startswith("unet/"):
+            sd["model.diffusion_model." + k[5:]] = v
+        elif k.startswith("te/"):
+            sd["clip." + k[3:]] = v
+    if use_ema:
+        for k, v in tensors.items():
+            if k.startswith("ema/unet."):
+                sd["model.diffusion_model." + k[9:]] = v
+            elif k.startswith("ema/te."):
+                sd["clip." + k[7:]] = v
+    dec = os.path.join(out_dir, DECODER_FILE)
+    dmeta = {}
+    if os.path.exists(dec):
+        dt, dmeta = load_ckpt(dec)
+        for k, v in dt.items():
+            sd["vae." + k[4:]] = v
+    mp, clip, vae = sd1x.build_sd1x(meta["config"], state_dict=sd, dtype=torch.float32)
+    info = {"step": meta["step"], "unet_minutes": round(meta["elapsed"]["unet"] / 60, 1),
+            "decoder_step": dmeta.get("step"), "decoder_psnr": dmeta.get("psnr"), "ema": use_ema}
+    sd1x.save_weights(path, mp, clip, vae, extra_metadata={"training": info})
+    log(f"exported {path}: {info}")
+    return info
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # faithfulness probe (also used by tests/bench helpers)
 # ----------------------------------------------------------------------------------------------------------------
@@ -653,6 +689,8 @@ def parse_args(argv=None):
     ap.add_argument("--decoder-finetune", action="store_true",
                     help="instead: fine-tune the VAE decoder beside a running UNet phase (--minutes of its own)")
     ap.add_argument("--dec-batch", type=int, default=8)
+    ap.add_argument("--export", default="", help="instead: write the run's EMA weights (+ fine-tuned decoder) as fp16 "
+                                                 "safetensors to this path, e.g. toyworld/weights/toyworld.safetensors")
     ap.add_argument("--dec-lr", type=float, default=5e-4)
     ap.add_argument("--dec-noise", type=float, default=0.03, help="latent noise (x latent std) for robustness")
     return ap.parse_args(argv)
@@ -674,6 +712,9 @@ def main(argv=None):
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    if args.export:
+        export_ckpt(args.out, args.export)
+        return 0
     if args.decoder_finetune:
         decoder_finetune(args)
         return 0
