@@ -8,9 +8,18 @@
     python -m attention_edit.runner --list
 
 Without ``--ckpt``, every CheckpointLoaderSimple node is swapped for the pack's AE_ToyWorldLoader (the
-embedded default: a tiny 64x64 model, NOT Stable Diffusion), the photo is scaled to 64x64 and the steps are
-reduced, so a run takes seconds on a CPU. The functions (:func:`load_workflow`, :func:`apply_overrides`,
-:func:`use_toyworld`, :func:`run`) are also what the tests use.
+embedded default: a tiny 64x64 model, NOT Stable Diffusion), the photo is scaled to 64x64 and the steps (and the
+training steps of concept-training nodes) are reduced, so a run takes seconds on a CPU.
+
+Concept-training workflows (Custom-Edit: ``custom_edit_custom_diffusion``, ``custom_edit_textual_inversion``) take
+the concept's pictures with ``--reference PATH`` (repeat it, 3-5 pictures); the trained concept file is copied
+into ``--out`` next to the images::
+
+    python -m attention_edit.runner custom_edit_custom_diffusion --ckpt ~/models/v1-5-pruned-emaonly.safetensors \\
+        --image photo.jpg --reference mine1.jpg --reference mine2.jpg --reference mine3.jpg --out out/
+
+The functions (:func:`load_workflow`, :func:`apply_overrides`, :func:`use_toyworld`, :func:`run`) are also what
+the tests use.
 """
 from __future__ import annotations
 
@@ -39,6 +48,10 @@ TOY_SIZE = 64            # the ToyWorld / tiny test model's image size (8x8 late
 TOY_STEPS = 20           # default sampling steps for the tiny model (unless --steps)
 DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
 SEED_INPUTS = ("seed", "noise_seed")
+#: concept-training nodes: their "images" input takes the reference pictures; output 2 names the trained file
+TRAIN_NODES = ("AE_TrainTextualInversion", "AE_TrainCustomDiffusion")
+TOY_TRAIN_STEPS = 10     # at most this many training steps with the tiny model (unless --train-steps)
+TOY_SAMPLER_STEPS = 10   # at most this many KSampler steps with the tiny model (e.g. generated prior images)
 
 TINY_NOTICE = ("NOTE: no --ckpt given, so this runs the pack's embedded default model, a tiny test model, "
                "not Stable Diffusion: {what}. It works at {size}x{size} pixels and knows nothing about photos, so "
@@ -133,6 +146,10 @@ TOY_MASK_RESOLUTION = "1/2 (32x32 at 512px)"
 def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: int = 0) -> dict:
     """A copy of *prompt* with every CheckpointLoaderSimple replaced by AE_ToyWorldLoader (same MODEL, CLIP, VAE
     output slots), and local blend's mask resolution adapted to the tiny model's 64x64 images (TOY_MASK_RESOLUTION).
+    Concept-training nodes (TRAIN_NODES) train at the tiny model's resolution (TOY_SIZE) for at most
+    TOY_TRAIN_STEPS steps (the tiny model cannot learn a concept anyway; apply_overrides' train_steps sets
+    another count); EmptyLatentImage nodes (e.g. generated prior images) make TOY_SIZE images and KSampler nodes
+    run at most TOY_SAMPLER_STEPS steps.
     *weights*: the loader's choice; default the shipped ToyWorld weights when the file exists, else the random
     untrained test model."""
     out = copy.deepcopy(dict(prompt))
@@ -145,7 +162,83 @@ def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: in
         inp = out[nid].setdefault("inputs", {})
         if not _is_link(inp.get("mask_resolution")):
             inp["mask_resolution"] = TOY_MASK_RESOLUTION
+    for nid, node in out.items():
+        ct, inp = node.get("class_type"), node.setdefault("inputs", {})
+        if ct in TRAIN_NODES:
+            if "resolution" in inp and not _is_link(inp["resolution"]):
+                inp["resolution"] = TOY_SIZE
+            if "steps" in inp and not _is_link(inp["steps"]):
+                inp["steps"] = min(int(inp["steps"]), TOY_TRAIN_STEPS)
+        elif ct == "EmptyLatentImage":
+            for k in ("width", "height"):
+                if k in inp and not _is_link(inp[k]):
+                    inp[k] = TOY_SIZE
+        elif ct == "KSampler" and "steps" in inp and not _is_link(inp["steps"]):
+            inp["steps"] = min(int(inp["steps"]), TOY_SAMPLER_STEPS)
     return out
+
+
+def _upstream(prompt: Mapping[str, Any], start: Any, past_training: bool = True) -> set:
+    """Ids of the nodes a link value *start* ([node_id, slot]) depends on, itself included. *past_training*
+    False: do not follow the ``images`` input of concept-training nodes (their reference pictures)."""
+    seen: set = set()
+    todo = [start]
+    while todo:
+        v = todo.pop()
+        if not _is_link(v) or v[0] in seen or v[0] not in prompt:
+            continue
+        seen.add(v[0])
+        node = prompt[v[0]]
+        todo.extend(x for k, x in node.get("inputs", {}).items() if _is_link(x) and
+                    (past_training or not (node.get("class_type") in TRAIN_NODES and k == "images")))
+    return seen
+
+
+def _ref_nodes(prompt: Mapping[str, Any]) -> set:
+    """Ids of the nodes (any type) upstream of a concept-training node's ``images`` input."""
+    out: set = set()
+    for nid in (n for ct in TRAIN_NODES for n in nodes_of(prompt, ct)):
+        out |= _upstream(prompt, prompt[nid].get("inputs", {}).get("images"))
+    return out
+
+
+def _id_order(nid: str):
+    return (0, int(nid), "") if str(nid).isdigit() else (1, 0, str(nid))
+
+
+def reference_loaders(prompt: Mapping[str, Any]) -> list[str]:
+    """The LoadImage nodes that feed nothing but the reference pictures (the ``images`` input) of concept-training
+    nodes, in node-id order: these take ``--reference``; every other LoadImage is the photo to edit."""
+    refs = _ref_nodes(prompt)
+    elsewhere: set = set()
+    for nid, node in prompt.items():
+        if nid in refs:
+            continue
+        for k, v in node.get("inputs", {}).items():
+            if not (node.get("class_type") in TRAIN_NODES and k == "images"):
+                elsewhere |= _upstream(prompt, v, past_training=False)
+    return sorted((n for n in refs if prompt[n].get("class_type") == "LoadImage" and n not in elsewhere),
+                  key=_id_order)
+
+
+def _add_references(out: dict, names: list[str]) -> None:
+    """Appends LoadImage + ImageBatch nodes for *names* to the ``images`` input of every concept-training node
+    (for more reference pictures than the workflow has LoadImage slots)."""
+    next_id = max((int(k) for k in out if str(k).isdigit()), default=0) + 1
+    for nid in (n for ct in TRAIN_NODES for n in nodes_of(out, ct)):
+        inp = out[nid].setdefault("inputs", {})
+        src = inp.get("images")
+        if not _is_link(src):
+            continue
+        for name in names:
+            load, batch = str(next_id), str(next_id + 1)
+            next_id += 2
+            out[load] = {"class_type": "LoadImage", "inputs": {"image": name},
+                         "_meta": {"title": f"Reference picture (added by the runner): {name}"}}
+            out[batch] = {"class_type": "ImageBatch", "inputs": {"image1": src, "image2": [load, 0]},
+                          "_meta": {"title": "Batch references (added by the runner)"}}
+            src = [batch, 0]
+        inp["images"] = src
 
 
 def default_toy_weights() -> str:
@@ -156,7 +249,8 @@ def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, sour
                     edited_prompt: str | None = None, mode: str | None = None, ckpt_name: str | None = None,
                     seed: int | None = None, steps: int | None = None, num_inner_steps: int | None = None,
                     method: str | None = None, size: str | int | tuple | None = None,
-                    filename_prefix: str | None = None) -> dict:
+                    filename_prefix: str | None = None, references: list[str] | None = None,
+                    train_steps: int | None = None) -> dict:
     """A copy of an API workflow with the runner's overrides applied (None = leave as is).
 
     image: LoadImage's file name (in the input folder). source_prompt: AE_InvertImage's source prompt (and, for
@@ -165,15 +259,33 @@ def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, sour
     CheckpointLoaderSimple's checkpoint. seed: every ``seed``/``noise_seed`` input (not the ToyWorld loader's,
     which selects the random test model's weights). steps / num_inner_steps / method: AE_InvertImage's (the
     edit sampler follows the inversion). size: (width, height) of every ImageScale node. filename_prefix:
-    prepended to every SaveImage prefix.
+    prepended to every SaveImage prefix. references: file names (in the input folder) of the concept's pictures
+    for the LoadImage nodes of :func:`reference_loaders`, in order; fewer names than nodes are repeated, more get
+    extra LoadImage + ImageBatch nodes; without it those nodes take *image* like every LoadImage. train_steps: the
+    ``steps`` of every concept-training node (TRAIN_NODES).
     """
     out = copy.deepcopy({str(k): v for k, v in dict(prompt).items()})
     wh = parse_size(size)
+    ref_ids: set = set()
+    if references:
+        refs = [str(r) for r in references]
+        if not any(nodes_of(out, ct) for ct in TRAIN_NODES):
+            raise RunnerError("reference pictures (--reference) were given but the workflow has no concept-training "
+                              f"node ({', '.join(TRAIN_NODES)})")
+        slots = reference_loaders(out)
+        if not slots:
+            raise RunnerError("reference pictures (--reference) were given but no LoadImage node feeds only the "
+                              "training node's 'images' input; edit the workflow in ComfyUI")
+        ref_ids = set(slots)
+        for i, nid in enumerate(slots):
+            out[nid].setdefault("inputs", {})["image"] = refs[i % len(refs)]
+        if len(refs) > len(slots):
+            _add_references(out, refs[len(slots):])
     inverts = nodes_of(out, "AE_InvertImage")
     old_sources = {out[n]["inputs"].get("source_prompt") for n in inverts}
     for nid, node in out.items():
         ct, inp = node.get("class_type"), node.setdefault("inputs", {})
-        if ct == "LoadImage" and image is not None:
+        if ct == "LoadImage" and image is not None and nid not in ref_ids:
             inp["image"] = image
         elif ct == CHECKPOINT_LOADER and ckpt_name is not None:
             inp["ckpt_name"] = ckpt_name
@@ -189,12 +301,15 @@ def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, sour
         elif ct == "AE_P2PEdit":
             if edited_prompt is not None:
                 inp["edited_prompts"] = edited_prompt
-            elif source_prompt is not None and inp.get("edited_prompts", "").strip() in {s.strip() for s in old_sources if s}:
+            elif (source_prompt is not None and isinstance(inp.get("edited_prompts"), str)
+                  and inp["edited_prompts"].strip() in {s.strip() for s in old_sources if isinstance(s, str)}):
                 inp["edited_prompts"] = source_prompt  # a same-prompt edit (reweight) follows the source
             if mode is not None:
                 inp["mode"] = mode
         elif ct == "AE_P2PEditSampler" and steps is not None and not _is_link(inp.get("steps")):
             inp["steps"] = 0  # 0 = the inversion's steps
+        elif ct in TRAIN_NODES and train_steps is not None and not _is_link(inp.get("steps")):
+            inp["steps"] = int(train_steps)
         elif ct == "ImageScale" and wh is not None:
             inp["width"], inp["height"] = wh
         elif ct == "SaveImage" and filename_prefix:
@@ -218,6 +333,7 @@ class RunResult:
     prompt: dict                   # the API prompt that ran
     notices: list[str] = field(default_factory=list)
     history: dict | None = None
+    trained: list[Path] = field(default_factory=list)  # copies (in *out*) of the concept files training wrote
 
 
 def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[int, int] | None) -> str:
@@ -284,12 +400,16 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         ckpt: str | os.PathLike | None = None, seed: int | None = None, steps: int | None = None,
         num_inner_steps: int | None = None, method: str | None = None, size: str | int | tuple | None = None,
         out: str | os.PathLike = "out", toy_weights: str | None = None, base_dir: str | os.PathLike | None = None,
-        cpu: bool | None = None, threads: int | None = None, say=print) -> RunResult:
+        cpu: bool | None = None, threads: int | None = None, references: list | None = None,
+        train_steps: int | None = None, say=print) -> RunResult:
     """Runs a workflow in-process through ComfyUI's executor and returns the PNGs it wrote into *out*.
 
     *workflow*: a shipped name, a path, or an API prompt dict. Without *ckpt*, the embedded tiny model replaces
-    the checkpoint loader (see the module docstring). *say* prints the notices. Raises RunnerError (clear
-    message) or comfy_env.WorkflowError on failure."""
+    the checkpoint loader (see the module docstring). *references*: paths of the concept's pictures for
+    concept-training workflows (default: the photo itself, which only shows that the workflow runs);
+    *train_steps*: the training nodes' steps. The concept files the training nodes write are copied into *out*
+    (RunResult.trained). *say* prints the notices. Raises RunnerError (clear message) or comfy_env.WorkflowError
+    on failure."""
     t0 = time.perf_counter()
     prompt = load_workflow(workflow) if not isinstance(workflow, Mapping) else copy.deepcopy(dict(workflow))
     notices: list[str] = []
@@ -305,6 +425,16 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
             raise RunnerError("--ckpt was given but the workflow has no CheckpointLoaderSimple node to load it")
     if image is not None and not Path(image).expanduser().is_file():
         raise RunnerError(f"--image {str(image)!r}: no such file")
+    references = [str(r) for r in (references or [])]
+    for r in references:
+        if not Path(r).expanduser().is_file():
+            raise RunnerError(f"--reference {r!r}: no such file")
+    if train_steps is not None and int(train_steps) < 1:
+        raise RunnerError(f"bad --train-steps {train_steps}: give at least 1")
+    trains = [n for ct in TRAIN_NODES for n in nodes_of(prompt, ct)]
+    if references and not trains:
+        raise RunnerError("--reference was given but the workflow has no concept-training node "
+                          f"({', '.join(TRAIN_NODES)})")
     tiny = ckpt_path is None and bool(nodes_of(prompt, CHECKPOINT_LOADER))
     if tiny:
         weights = toy_weights or default_toy_weights()
@@ -318,6 +448,12 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         if steps is None:
             steps = TOY_STEPS
             notices.append(f"steps reduced to {TOY_STEPS} for the tiny model (--steps changes it)")
+        if trains and train_steps is None:
+            notices.append(f"training steps reduced to at most {TOY_TRAIN_STEPS} and training resolution to "
+                           f"{TOY_SIZE} for the tiny model (--train-steps changes the steps)")
+    if trains and not references:
+        notices.append("no --reference given: the concept is learned from the photo itself, which only shows that "
+                       "the workflow runs; pass the concept's 3-5 pictures with --reference PATH (repeated)")
     for n in notices:
         say(f"[attention_edit] {n}")
 
@@ -357,12 +493,14 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
                                    None if has_scale else size_wh)
     elif image is not None:
         raise RunnerError("--image was given but the workflow has no LoadImage node")
+    ref_names = _prepare_references(references, image, Path(folder_paths.get_input_directory())) or None
 
     if tiny:
         prompt = use_toyworld(prompt, toy_weights or default_toy_weights())
     prompt = apply_overrides(prompt, image=image_name, source_prompt=source_prompt, edited_prompt=edited_prompt,
                              mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
-                             method=method, size=size_wh if has_scale else None)
+                             method=method, size=size_wh if has_scale else None, references=ref_names,
+                             train_steps=train_steps)
     if seed is not None:
         import torch
 
@@ -376,8 +514,50 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     files = [f for f in comfy_env.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
     if not files:  # output nodes that do not report their files
         files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
+    trained = _copy_trained(res, prompt, out_dir)
     return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
-                     history=dict(res))
+                     history=dict(res), trained=trained)
+
+
+def _prepare_references(references: list[str], image, input_dir: Path) -> list[str]:
+    """Copies the reference pictures into ComfyUI's input folder (as the photo); returns their LoadImage names.
+    Two different files with the same name (each other's, or the photo's) would overwrite one another there."""
+    names: dict = {}
+    if image is not None:
+        names[Path(image).expanduser().name] = Path(image).expanduser().resolve()
+    out = []
+    for r in references:
+        src = Path(r).expanduser().resolve()
+        if names.get(src.name, src) != src:
+            raise RunnerError(f"--reference {r!r} has the same file name as another picture of this run "
+                              f"({names[src.name]}); rename one of them")
+        names[src.name] = src
+        out.append(prepare_image(src, input_dir, None))
+    return out
+
+
+def _copy_trained(res, prompt: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Copies the concept files the training nodes of *prompt* wrote (their output 2: a path, or a name in the
+    pack's concept folder) into *out_dir*: ComfyUI's folders of a runner session are temporary."""
+    import folder_paths
+
+    copied = []
+    for nid in (n for ct in TRAIN_NODES for n in nodes_of(prompt, ct)):
+        try:
+            name = res.value(nid, 2)
+        except (KeyError, IndexError):
+            continue
+        if not isinstance(name, str) or not name:
+            continue
+        src = Path(name)
+        if not src.is_absolute():
+            found = folder_paths.get_full_path("attention_edit_concepts", name)
+            src = Path(found) if found else src
+        if src.is_file():
+            dst = out_dir / src.name
+            shutil.copyfile(src, dst)
+            copied.append(dst)
+    return copied
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "tiny model)")
     p.add_argument("--num-inner-steps", type=int, help="null-text optimisation iterations per step (default 10)")
     p.add_argument("--method", choices=["null_text", "negative_prompt", "ddim"], help="inversion method")
+    p.add_argument("--reference", action="append", metavar="PATH",
+                   help="a picture of the concept for concept-training workflows (custom_edit_*); repeat it for "
+                        "3-5 pictures (default: the photo itself, a smoke run)")
+    p.add_argument("--train-steps", type=int, help="training steps of the concept-training nodes (default: the "
+                                                   f"workflow's; at most {TOY_TRAIN_STEPS} with the tiny model)")
     p.add_argument("--size", help="resize (centre crop) the photo to N or WIDTHxHEIGHT pixels, multiples of 8 "
                                   "(default: the workflow's 512x512; 64x64 with the tiny model)")
     p.add_argument("--out", default="out", help="folder for the output PNGs (default: ./out)")
@@ -448,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         res = run(str(path), image=args.image, source_prompt=args.source_prompt, edited_prompt=args.edited_prompt,
                   mode=args.mode, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
                   num_inner_steps=args.num_inner_steps, method=args.method, size=args.size, out=args.out,
-                  toy_weights=args.toy_weights, cpu=True if args.cpu else None, threads=args.threads)
+                  toy_weights=args.toy_weights, cpu=True if args.cpu else None, threads=args.threads,
+                  references=args.reference, train_steps=args.train_steps)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -466,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[attention_edit] wrote {len(res.files)} file(s):")
     for f in res.files:
         print(f"  {f}")
+    if res.trained:
+        print("[attention_edit] trained concept file(s), copied from ComfyUI's models folder:")
+        for f in res.trained:
+            print(f"  {f}")
     print(f"[attention_edit] done in {res.total_seconds:.1f} s (workflow {res.seconds:.1f} s, "
           f"ComfyUI start-up {res.total_seconds - res.seconds:.1f} s; total {time.perf_counter() - t0:.1f} s)")
     return 0
