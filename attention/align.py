@@ -128,12 +128,65 @@ def prompt_words(prompt: str) -> list[str]:
     return prompt.split()
 
 
-class _Tokenized:
-    """A prompt's CLIP ids and where each whitespace-separated word sits among them."""
+def comfy_tokenizer(tokenizer: Any) -> Any:
+    """The ComfyUI tokenizer whose ``tokenize_with_weights`` applies ComfyUI's prompt syntax (``embedding:name``,
+    ``(word:1.2)`` weights, rewrites such as a Custom Diffusion modifier token), or None for a plain HF tokenizer.
+    Accepts a ``comfy.sd.CLIP`` (uses its ``.tokenizer``), an ``SD1Tokenizer`` or an ``SDTokenizer``."""
+    obj = tokenizer
+    inner = getattr(obj, "tokenizer", None)
+    if inner is not None and callable(getattr(inner, "tokenize_with_weights", None)) and \
+            not callable(getattr(obj, "tokenize_with_weights", None)):
+        obj = inner  # comfy.sd.CLIP
+    return obj if callable(getattr(obj, "tokenize_with_weights", None)) else None
 
-    def __init__(self, tok: Any, prompt: str, role: str = "prompt"):
+
+_PSEUDO_IDS: dict = {}
+
+
+def _pseudo_id(vector: Any) -> int:
+    """A stable id (per process) for an embedding vector, never equal to a real CLIP id (< 49408)."""
+    key = (tuple(vector.shape), vector.detach().float().cpu().numpy().tobytes())
+    return _PSEUDO_IDS.setdefault(key, 1_000_000 + len(_PSEUDO_IDS))
+
+
+def _comfy_ids(ctok: Any, hf: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as ComfyUI's conditioning holds them, without BOS/EOS/padding; embedding vectors
+    become pseudo ids."""
+    out = ctok.tokenize_with_weights(text)
+    batches = next(iter(out.values())) if isinstance(out, dict) else out
+    flat = [t[0] for b in batches for t in b]
+    eos = hf.eos_token_id
+    ids: list[int] = []
+    for k, t in enumerate(flat):
+        if k == 0 and not hasattr(t, "shape") and int(t) == hf.bos_token_id:
+            continue
+        if hasattr(t, "shape"):
+            ids.append(_pseudo_id(t))
+            continue
+        if int(t) == eos:
+            break
+        if int(t) == hf.bos_token_id:  # the BOS of a following batch
+            continue
+        ids.append(int(t))
+    return ids
+
+
+class _Tokenized:
+    """A prompt's CLIP ids and where each whitespace-separated word sits among them.
+
+    With a ComfyUI tokenizer the ids are those of ComfyUI's conditioning (each word tokenized by
+    ``tokenize_with_weights``), so ``embedding:name`` counts as its vectors, ``(cat:1.2)`` as ``cat`` and a
+    Custom Diffusion modifier token as one vector; with a plain HF tokenizer they are its BPE ids.
+    """
+
+    def __init__(self, tok: Any, prompt: str, role: str = "prompt", ctok: Any = None):
         self.prompt = prompt
-        self.ids = _encode(tok, prompt)
+        self._ctok = ctok
+        if ctok is not None:
+            whole = _comfy_ids(ctok, tok, prompt)
+            self.ids = [tok.bos_token_id] + whole + [tok.eos_token_id]
+        else:
+            self.ids = _encode(tok, prompt)
         self.num_tokens = len(self.ids) - 2
         if self.num_tokens > MAX_PROMPT_TOKENS:
             raise ValueError(
@@ -143,17 +196,20 @@ class _Tokenized:
         self.words = prompt_words(prompt)
         # CLIP's pre-tokenizer never merges across whitespace, so the prompt's tokens are the concatenation
         # of each word's tokens; positions follow by accumulation (BOS occupies position 0).
-        self.word_ids: list[list[int]] = [_encode(tok, w)[1:-1] for w in self.words]
+        if ctok is not None:
+            self.word_ids = [_comfy_ids(ctok, tok, w) for w in self.words]
+        else:
+            self.word_ids: list[list[int]] = [_encode(tok, w)[1:-1] for w in self.words]
         self.starts: list[int] = []
         pos = 1
         for ids in self.word_ids:
             self.starts.append(pos)
             pos += len(ids)
         flat = [i for ids in self.word_ids for i in ids]
-        if flat != self.ids[1:-1]:  # pragma: no cover - guards against an unusual tokenizer
+        if flat != self.ids[1:-1]:
             raise ValueError(
-                f"cannot locate the words of {prompt!r} among its CLIP tokens (the tokenizer merges tokens "
-                f"across spaces)"
+                f"cannot locate the words of {prompt!r} among its tokens: a weight or an embedding spans several "
+                f"words (e.g. '(a red cat:1.2)'); give each word its own weight, e.g. '(red:1.2) (cat:1.2)'"
             )
         self._tok = tok
 
@@ -172,7 +228,25 @@ class _Tokenized:
 def _tokenized(tokenizer: Any, prompt: str, role: str = "prompt") -> _Tokenized:
     if not isinstance(prompt, str):
         raise TypeError(f"the {role} must be a string, got {type(prompt).__name__}")
-    return _Tokenized(hf_tokenizer(tokenizer), prompt, role)
+    return _Tokenized(hf_tokenizer(tokenizer), prompt, role, comfy_tokenizer(tokenizer))
+
+
+def token_count(tokenizer: Any, prompt: str) -> int:
+    """Number of tokens ``prompt`` takes in the conditioning (without BOS/EOS), counted as ComfyUI does when the
+    tokenizer is ComfyUI's (embeddings = their vectors, weights syntax removed). No length check."""
+    hf, ctok = hf_tokenizer(tokenizer), comfy_tokenizer(tokenizer)
+    return len(_comfy_ids(ctok, hf, prompt)) if ctok is not None else len(_encode(hf, prompt)) - 2
+
+
+def token_labels(tokenizer: Any, prompt: str) -> list[str]:
+    """One label per token of ``prompt`` in conditioning order: the decoded BPE token, or the word for the
+    vectors of an embedding / modifier token."""
+    t = _tokenized(tokenizer, prompt)
+    out = []
+    for word, ids in zip(t.words, t.word_ids):
+        for i in ids:
+            out.append(word if i >= 1_000_000 else t._tok.decode([i]).strip())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -204,9 +278,10 @@ def _match_span(t: _Tokenized, index: int, query: str) -> range | None:
     lead, core, trail = _strip_punct(word)
     if not q_core or core.casefold() != q_core.casefold():
         return None
-    lead_ids = _encode(t._tok, lead)[1:-1] if lead else []
-    core_ids = _encode(t._tok, core)[1:-1]
-    trail_ids = _encode(t._tok, trail)[1:-1] if trail else []
+    enc = (lambda x: _comfy_ids(t._ctok, t._tok, x)) if t._ctok is not None else (lambda x: _encode(t._tok, x)[1:-1])
+    lead_ids = enc(lead) if lead else []
+    core_ids = enc(core)
+    trail_ids = enc(trail) if trail else []
     if lead_ids + core_ids + trail_ids != t.word_ids[index]:  # pragma: no cover - punctuation merged with text
         return span
     first = span.start + len(lead_ids)

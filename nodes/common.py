@@ -39,7 +39,7 @@ def encode(clip, prompt: str, what: str = "prompt"):
         raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
     if not prompt.strip():
         raise ValueError(f"the {what} is empty; type a prompt that describes the image")
-    n = len(align.hf_tokenizer(clip.tokenizer)(prompt)["input_ids"]) - 2
+    n = align.token_count(clip.tokenizer, prompt)
     if n > align.MAX_PROMPT_TOKENS:
         raise ValueError(f"the {what} is {n} CLIP tokens long; Prompt-to-Prompt needs at most "
                          f"{align.MAX_PROMPT_TOKENS} (one 77-token chunk): shorten it")
@@ -47,9 +47,8 @@ def encode(clip, prompt: str, what: str = "prompt"):
 
 
 def token_strings(clip, prompt: str) -> list:
-    tok = align.hf_tokenizer(clip.tokenizer)
-    ids = tok(prompt)["input_ids"][1:-1]
-    return [tok.decode([i]).strip() for i in ids]
+    """Labels of the prompt's tokens in conditioning order (an embedding's vectors are labelled by its word)."""
+    return align.token_labels(clip.tokenizer, prompt)
 
 
 class Progress:

@@ -4,7 +4,8 @@ local-blend mask B(M_t) (Choi et al. 2023, "Custom-Edit").
 
 test_workflows.py already runs every shipped workflow (in-process and through the server) and checks the UI files;
 here: the graph choices the workflows promise, the runner's handling of reference pictures and training steps, the
-trained files each run writes, and (as a strict xfail) the P2P token-alignment defect the workflows work around.
+trained files each run writes, and that the P2P token alignment sees a learned word as ComfyUI's conditioning
+does (one vector for '<v1>' or 'embedding:name').
 """
 import logging
 from pathlib import Path
@@ -192,11 +193,6 @@ def test_runner_run_copies_the_trained_concept(comfy, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ known defect
-@pytest.mark.xfail(strict=True, reason=(
-    "attention/align.py counts a learned word's tokens with the raw CLIP BPE tokenizer ('<v1>' = 4 tokens, "
-    "'embedding:custom_edit_concept' = 6) while ComfyUI's conditioning holds ONE vector for it; the P2P mappers "
-    "are therefore shifted after the learned word. The workflows put the learned word where the shift does least "
-    "harm (textual inversion: last word). Remove this xfail when align.py uses ComfyUI's own tokenization."))
 @pytest.mark.parametrize("variant", ["custom_diffusion", "textual_inversion"])
 def test_p2p_alignment_positions_match_comfyui_conditioning(comfy, variant):
     from attention_edit.attention import align
