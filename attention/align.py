@@ -154,20 +154,17 @@ def _comfy_ids(ctok: Any, hf: Any, text: str) -> list[int]:
     become pseudo ids."""
     out = ctok.tokenize_with_weights(text)
     batches = next(iter(out.values())) if isinstance(out, dict) else out
-    flat = [t[0] for b in batches for t in b]
-    eos = hf.eos_token_id
     ids: list[int] = []
-    for k, t in enumerate(flat):
-        if k == 0 and not hasattr(t, "shape") and int(t) == hf.bos_token_id:
-            continue
-        if hasattr(t, "shape"):
-            ids.append(_pseudo_id(t))
-            continue
-        if int(t) == eos:
-            break
-        if int(t) == hf.bos_token_id:  # the BOS of a following batch
-            continue
-        ids.append(int(t))
+    for batch in batches:  # a prompt over 75 tokens is split into several 77-token batches
+        for k, (t, *_rest) in enumerate(batch):
+            if hasattr(t, "shape"):
+                ids.append(_pseudo_id(t))
+            elif k == 0 and int(t) == hf.bos_token_id:
+                continue
+            elif int(t) == hf.eos_token_id:
+                break
+            else:
+                ids.append(int(t))
     return ids
 
 

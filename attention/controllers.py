@@ -74,6 +74,17 @@ class PromptEdit:
             raise ValueError(f"PromptEdit.kind must be 'replace' or 'refine', got {self.kind!r}")
         if self.kind == "refine" and self.alphas is None:
             raise ValueError("a 'refine' PromptEdit needs alphas (0 for new target tokens, 1 elsewhere)")
+        self._moved: dict = {}
+
+    def _on(self, name: str, dev, dt=None) -> torch.Tensor:
+        """``getattr(self, name)`` on device ``dev`` (and dtype ``dt``), moved once and kept: the patch calls
+        this for every layer of every step."""
+        key = (name, str(dev), dt)
+        t = self._moved.get(key)
+        if t is None:
+            t = getattr(self, name).to(dev) if dt is None else getattr(self, name).to(dev, dt)
+            self._moved[key] = t
+        return t
 
     def inject(self, base: torch.Tensor, edit: torch.Tensor, step: int, features: Optional[torch.Tensor] = None,
                map_hw=None) -> torch.Tensor:
@@ -87,14 +98,14 @@ class PromptEdit:
         """
         dev, dt = edit.device, edit.dtype
         if self.kind == "replace":
-            mapped = torch.einsum("hpw,wn->hpn", base, self.mapper.to(dev, dt))
+            mapped = torch.einsum("hpw,wn->hpn", base, self._on("mapper", dev, dt))
         else:
-            alphas = self.alphas.to(dev, dt)
+            alphas = self._on("alphas", dev, dt)
             # index -1 (a new token) gathers the last column; alphas == 0 there masks it out
-            mapped = base[:, :, self.mapper.to(dev)] * alphas + edit * (1 - alphas)
+            mapped = base[:, :, self._on("mapper", dev)] * alphas + edit * (1 - alphas)
         if self.equalizer is not None:
-            mapped = mapped * self.equalizer.to(dev, dt)
-        a = self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)].to(dev, dt)
+            mapped = mapped * self._on("equalizer", dev, dt)
+        a = self._on("cross_alpha", dev, dt)[min(step, self.cross_alpha.shape[0] - 1)]
         own = edit
         if self.dps is not None and features is not None and bool((a < 1).any()):
             from .adapedit import dps_interpolate

@@ -51,14 +51,22 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tenso
     return out.transpose(1, 2).reshape(b, -1, hd)
 
 
-def step_index(extra_options: dict) -> int:
-    """0-based step of the current call: the index of the current sigma in the sampler's schedule."""
+def step_index(extra_options: dict, cache: Optional[dict] = None) -> int:
+    """0-based step of the current call: the index of the current sigma in the sampler's schedule.
+
+    ``cache`` (a dict kept by the caller) remembers the answer per sigma, so the schedule is searched once per
+    step rather than once per layer."""
     sigmas = extra_options.get("sigmas")
     schedule = extra_options.get("sample_sigmas")
     if sigmas is None or schedule is None:
         return 0
     s = float(sigmas.reshape(-1)[0])
-    return int(torch.argmin((schedule[:-1].float().cpu() - s).abs()).item()) if len(schedule) > 1 else 0
+    if cache is not None and cache.get("sigma") == s and cache.get("schedule") is schedule:
+        return cache["step"]
+    step = int(torch.argmin((schedule[:-1].float().cpu() - s).abs()).item()) if len(schedule) > 1 else 0
+    if cache is not None:
+        cache.update(sigma=s, schedule=schedule, step=step)
+    return step
 
 
 def _map_hw(extra_options: dict, n_query: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -94,7 +102,8 @@ class AttentionEditPatch:
         if 0 not in chunks or q.shape[0] != len(chunks) * P:
             return self._baseline(q, k, v, heads, extra_options)
         map_hw, latent_hw = _map_hw(extra_options, q.shape[1])
-        info = LayerInfo(step_index(extra_options), ctrl.num_steps, self.is_cross, map_hw, latent_hw)
+        cache = ctrl.__dict__.setdefault("_step_cache", {})
+        info = LayerInfo(step_index(extra_options, cache), ctrl.num_steps, self.is_cross, map_hw, latent_hw)
         if not (ctrl.wants_cross(info) if self.is_cross else ctrl.wants_self(info)):
             return self._baseline(q, k, v, heads, extra_options)
 

@@ -28,3 +28,12 @@ def test_a_weight_spanning_words_is_refused_clearly(tok):
 
 def test_labels_follow_the_conditioning(tok):
     assert align.token_labels(tok, "a photo of a (cat:1.2)") == ["a", "photo", "of", "a", "cat"]
+
+
+def test_long_prompts_are_counted_across_comfyui_batches(tok):
+    long = " ".join(["cat"] * 80)
+    assert align.token_count(tok, long) == 80
+    import pytest as _pytest
+
+    with _pytest.raises(ValueError, match="limit is 75"):
+        align.align_prompts(tok, long, long)
