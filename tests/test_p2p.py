@@ -276,3 +276,25 @@ def test_interrupt_stops_null_text_within_one_inner_step(tiny, latent, monkeypat
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert len(calls) == 3
+
+
+def test_null_text_is_far_better_than_ddim_on_the_trained_toyworld_model():
+    """On a trained model (the shipped ToyWorld weights), at cfg 7.5, on a real photo: the DDIM-inversion
+    reconstruction error is many times the null-text one (10.4x measured at 10 steps; 35.6x at 50, see README)."""
+    from attention_edit.models.sd1x import load_weights
+    from attention_edit.testing.photos import photo
+    from attention_edit.toyworld.editbench import SHIPPED
+
+    m, clip, vae = load_weights(SHIPPED)
+    with torch.no_grad():
+        latent = vae.encode(photo("cat", 64)[..., :3]).detach()
+    sig = replay_schedule(m, "p2p_ddim", 10)
+    errs = {}
+    for method in ("ddim", "null_text"):
+        inv = invert(m, latent, enc(clip, SOURCE), enc(clip, ""), sig, method=method, guidance_scale=7.5,
+                     num_inner_steps=10, source_prompt=SOURCE)
+        errs[method] = (edit(m, inv, [])[0] - latent[0]).pow(2).mean().item()
+    ratio = errs["ddim"] / errs["null_text"]
+    print(f"ToyWorld, cat photo, cfg 7.5, 10 steps: latent MSE ddim {errs['ddim']:.4g}, "
+          f"null-text {errs['null_text']:.4g}, ratio {ratio:.1f}x")
+    assert ratio > 5, errs
