@@ -49,7 +49,7 @@ TOY_STEPS = 20           # default sampling steps for the tiny model (unless --s
 DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
 SEED_INPUTS = ("seed", "noise_seed")
 #: concept-training nodes: their "images" input takes the reference pictures; output 2 names the trained file
-TRAIN_NODES = ("AE_TrainTextualInversion", "AE_TrainCustomDiffusion")
+TRAIN_NODES = ("AE_TrainTextualInversion", "AE_TrainCustomDiffusion", "AE_ImagicOptimizeEmbedding", "AE_ImagicFineTune")
 TOY_TRAIN_STEPS = 10     # at most this many training steps with the tiny model (unless --train-steps)
 TOY_SAMPLER_STEPS = 10   # at most this many KSampler steps with the tiny model (e.g. generated prior images)
 
@@ -555,8 +555,9 @@ def _copy_trained(res, prompt: Mapping[str, Any], out_dir: Path) -> list[Path]:
             src = Path(found) if found else src
         if src.is_file():
             dst = out_dir / src.name
-            shutil.copyfile(src, dst)
-            copied.append(dst)
+            shutil.copyfile(src, dst)  # Imagic's two steps share one file: the later (complete) copy wins
+            if dst not in copied:
+                copied.append(dst)
     return copied
 
 
