@@ -77,6 +77,18 @@ def register_model_folder(name: str, extensions) -> str:
     return default
 
 
+def model_file_path(folder: str, name: str, none_marker: str, hint: str) -> str:
+    """Full path of ``name`` in the registered model folder ``folder``; ValueError naming the folder and ``hint``
+    (how to make such a file) when it is missing or is the combo's ``none_marker``."""
+    import folder_paths
+
+    path = folder_paths.get_full_path(folder, name) if name and name != none_marker else None
+    if path is None:
+        where = folder_paths.get_folder_paths(folder)[0]
+        raise ValueError(f"no file {name!r} in {where}; {hint}, then refresh the node list")
+    return path
+
+
 def latent_samples(latent: dict) -> torch.Tensor:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("expected a LATENT (e.g. from VAE Encode)")

@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..training import imagic as im
 from ..training.common import TrainingInterrupted, file_in_folder, loss_plot, validate_name
-from .common import CATEGORY, Progress, register_model_folder
+from .common import CATEGORY, Progress, model_file_path, register_model_folder
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -55,14 +55,8 @@ def _imagic_files() -> list:
 
 
 def _imagic_path(name: str) -> str:
-    import folder_paths
-
     register_imagic_folder()
-    path = folder_paths.get_full_path(IMAGIC_FOLDER, name) if name and name != NONE_YET else None
-    if path is None:
-        raise ValueError(f"no Imagic file {name!r} in {imagic_dir()}; run 'Imagic 1: Optimise Embedding' first, then "
-                         "refresh the node list")
-    return path
+    return model_file_path(IMAGIC_FOLDER, name, NONE_YET, "run 'Imagic 1: Optimise Embedding' first")
 
 
 def _save(result: im.Imagic, name: str) -> str:

@@ -18,7 +18,7 @@ from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
 from ..training.common import (TEMPLATES, TrainingInterrupted, clip_with_embeddings, file_in_folder, loss_plot,
                                validate_name)
-from .common import CATEGORY, Progress, register_model_folder
+from .common import CATEGORY, Progress, model_file_path, register_model_folder
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
 CONCEPTS = "attention_edit_concepts"
@@ -63,14 +63,9 @@ def _concept_files() -> list:
 
 
 def _concept_path(name: str) -> str:
-    import folder_paths
-
     register_concept_folder()
-    path = folder_paths.get_full_path(CONCEPTS, name) if name and name != NONE_YET else None
-    if path is None:
-        raise ValueError(f"no concept file {name!r} in {concepts_dir()}; train one with Train Custom Diffusion, or "
-                         "put a diffusers / delta.bin file there, then refresh the node list")
-    return path
+    return model_file_path(CONCEPTS, name, NONE_YET, "train one with Train Custom Diffusion, or put a diffusers / "
+                                                     "delta.bin file there")
 
 
 def _one(x):
