@@ -10,7 +10,7 @@ Defaults follow the reference notebooks (reference-details 1.1): cross_replace_s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import torch

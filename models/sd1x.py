@@ -215,7 +215,6 @@ def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
             if id(p) in done:
                 continue
             done.add(id(p))
-            full = f"{mname}.{pname}" if mname else pname
             shape = tuple(p.shape)
             if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
                 val = torch.ones(shape) if pname == "weight" else torch.zeros(shape)

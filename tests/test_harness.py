@@ -206,8 +206,6 @@ def test_ksampler_in_process_with_registered_sd1x(comfy, tiny_sd):
 
 
 def test_in_process_interrupt(comfy, tiny_sd):
-    import nodes
-
     model, clip, vae = tiny_sd
     m = model.clone()
 
