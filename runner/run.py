@@ -142,6 +142,23 @@ def parse_size(size: str | int | tuple | None) -> tuple[int, int] | None:
 # for 2x2 attention maps; "1/2" uses its 4x4 ones (the nodes' tooltips: "use 1/2 or full for small images")
 TOY_MASK_RESOLUTION = "1/2 (32x32 at 512px)"
 
+#: Without --ckpt and --image, these workflows edit a rendered ToyWorld scene (what the model was trained on)
+#: instead of the cat photo: the scene's caption, the source prompt (default: the caption), the edited prompt, and
+#: inputs set per node class. "scene" is also what --scene renders when given without a caption.
+DEFAULT_SCENE = "a red circle on the left"
+TOY_SCENES: dict[str, dict] = {
+    "p2p_word_swap_null_text": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
+    "p2p_refine_local_blend": {"scene": "a small red circle on the left", "source": "a red circle on the left",
+                               "edited": "a big red circle on the left",
+                               "inputs": {"AE_P2PLocalBlend": {"source_words": "circle",
+                                                               "target_words": "big, circle"}}},
+    "p2p_reweight": {"scene": "a big red circle in the centre", "inputs": {"AE_P2PReweight": {"equalizer": "big: 3"}}},
+    "adapedit_soft_edit": {"scene": "a small red circle on the left", "source": "a red circle on the left",
+                           "edited": "a big red circle on the left"},
+}
+#: a 64x64 scene has an 8x8 latent: inject self-attention on every level (the toyworld benchmark's setting)
+TOY_SCENE_INPUTS = {"AE_P2PEdit": {"self_replace_max_resolution": "full"}}
+
 
 def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: int = 0) -> dict:
     """A copy of *prompt* with every CheckpointLoaderSimple replaced by AE_ToyWorldLoader (same MODEL, CLIP, VAE
@@ -334,6 +351,8 @@ class RunResult:
     notices: list[str] = field(default_factory=list)
     history: dict | None = None
     trained: list[Path] = field(default_factory=list)  # copies (in *out*) of the concept files training wrote
+    side_by_side: Path | None = None  # [source | reconstruction | edit ...] as one PNG
+    judged: list | None = None        # for a ToyWorld scene: the judge's objects in each tile of side_by_side
 
 
 def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[int, int] | None) -> str:
@@ -401,15 +420,18 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         num_inner_steps: int | None = None, method: str | None = None, size: str | int | tuple | None = None,
         out: str | os.PathLike = "out", toy_weights: str | None = None, base_dir: str | os.PathLike | None = None,
         cpu: bool | None = None, threads: int | None = None, references: list | None = None,
-        train_steps: int | None = None, say=print) -> RunResult:
+        train_steps: int | None = None, scene: str | None = None, photo: bool = False, say=print) -> RunResult:
     """Runs a workflow in-process through ComfyUI's executor and returns the PNGs it wrote into *out*.
 
     *workflow*: a shipped name, a path, or an API prompt dict. Without *ckpt*, the embedded tiny model replaces
     the checkpoint loader (see the module docstring). *references*: paths of the concept's pictures for
     concept-training workflows (default: the photo itself, which only shows that the workflow runs);
     *train_steps*: the training nodes' steps. The concept files the training nodes write are copied into *out*
-    (RunResult.trained). *say* prints the notices. Raises RunnerError (clear message) or comfy_env.WorkflowError
-    on failure."""
+    (RunResult.trained). *scene*: render this ToyWorld caption (toyworld.scenes.spec_from_caption) as the photo;
+    without *ckpt*, *image* and *photo*, the workflows of TOY_SCENES edit their default scene. After the run the
+    main SaveImage's images (reconstruction, edits) are written side by side after the source image
+    (``<prefix>_side_by_side.png``; RunResult.side_by_side), and for a scene the judge's reading of each is
+    reported. *say* prints the notices. Raises RunnerError (clear message) or comfy_env.WorkflowError on failure."""
     t0 = time.perf_counter()
     prompt = load_workflow(workflow) if not isinstance(workflow, Mapping) else copy.deepcopy(dict(workflow))
     notices: list[str] = []
@@ -425,6 +447,8 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
             raise RunnerError("--ckpt was given but the workflow has no CheckpointLoaderSimple node to load it")
     if image is not None and not Path(image).expanduser().is_file():
         raise RunnerError(f"--image {str(image)!r}: no such file")
+    if scene is not None and (image is not None or photo):
+        raise RunnerError("--scene renders the photo to edit: give either --scene or --image/--photo, not both")
     references = [str(r) for r in (references or [])]
     for r in references:
         if not Path(r).expanduser().is_file():
@@ -451,6 +475,29 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         if trains and train_steps is None:
             notices.append(f"training steps reduced to at most {TOY_TRAIN_STEPS} and training resolution to "
                            f"{TOY_SIZE} for the tiny model (--train-steps changes the steps)")
+    scene_cfg: dict = {}
+    wf_name = Path(str(workflow)).stem if not isinstance(workflow, Mapping) else ""
+    if scene is None and tiny and image is None and not photo and wf_name in TOY_SCENES and nodes_of(prompt, "LoadImage"):
+        scene_cfg = TOY_SCENES[wf_name]
+        scene = scene_cfg["scene"]
+        source_prompt = source_prompt if source_prompt is not None else scene_cfg.get("source", scene)
+        if edited_prompt is None and "edited" in scene_cfg:
+            edited_prompt = scene_cfg["edited"]
+        notices.append(f"no --image: the photo is a rendered ToyWorld scene, {scene!r}, edited from "
+                       f"{source_prompt!r} to {edited_prompt or source_prompt!r} (--photo edits scikit-image's cat "
+                       f"photo instead, --image PATH your own; real photos want --ckpt)")
+    elif scene is not None:
+        if not nodes_of(prompt, "LoadImage"):
+            raise RunnerError("--scene was given but the workflow has no LoadImage node to take the rendered scene")
+        if edited_prompt is None and any(isinstance(prompt[n]["inputs"].get("edited_prompts"), str) and
+                                         prompt[n]["inputs"]["edited_prompts"].strip() not in
+                                         {str(prompt[i]["inputs"].get("source_prompt", "")).strip()
+                                          for i in nodes_of(prompt, "AE_InvertImage")}
+                                         for n in nodes_of(prompt, "AE_P2PEdit")):
+            raise RunnerError(f"--scene {scene!r}: also give --edited-prompt, the scene's edited description "
+                              f"(e.g. --scene {DEFAULT_SCENE!r} --edited-prompt 'a blue circle on the left')")
+        source_prompt = source_prompt if source_prompt is not None else scene
+        scene_cfg = {"inputs": TOY_SCENES.get(wf_name, {}).get("inputs", {})}  # e.g. the equalizer's word "big"
     if trains and not references:
         notices.append("no --reference given: the concept is learned from the photo itself, which only shows that "
                        "the workflow runs; pass the concept's 3-5 pictures with --reference PATH (repeated)")
@@ -488,7 +535,10 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
 
     has_scale = bool(nodes_of(prompt, "ImageScale"))
     image_name = None
-    if nodes_of(prompt, "LoadImage"):
+    scene_obj = None
+    if scene is not None:
+        scene_obj, image_name = prepare_scene(scene, Path(folder_paths.get_input_directory()), seed or 0)
+    elif nodes_of(prompt, "LoadImage"):
         image_name = prepare_image(image, Path(folder_paths.get_input_directory()),
                                    None if has_scale else size_wh)
     elif image is not None:
@@ -501,6 +551,10 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
                              mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
                              method=method, size=size_wh if has_scale else None, references=ref_names,
                              train_steps=train_steps)
+    if scene is not None and tiny:
+        for ct, values in list(TOY_SCENE_INPUTS.items()) + list(scene_cfg.get("inputs", {}).items()):
+            for nid in nodes_of(prompt, ct):
+                prompt[nid]["inputs"].update(values)
     if seed is not None:
         import torch
 
@@ -515,8 +569,85 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     if not files:  # output nodes that do not report their files
         files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
     trained = _copy_trained(res, prompt, out_dir)
+    source_file = Path(folder_paths.get_input_directory()) / image_name if image_name else None
+    side, verdicts = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
+    if side is not None:
+        files.append(side)
     return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
-                     history=dict(res), trained=trained)
+                     history=dict(res), trained=trained, side_by_side=side, judged=verdicts)
+
+
+def prepare_scene(caption: str, input_dir: Path, seed: int = 0):
+    """Renders the ToyWorld scene of *caption* (64x64, jitter from *seed*) into ComfyUI's input folder;
+    returns (the Scene, the name LoadImage takes). RunnerError when the caption is not a ToyWorld scene."""
+    from PIL import Image
+
+    from ..toyworld import scenes
+
+    try:
+        spec = scenes.spec_from_caption(caption)
+    except ValueError as exc:
+        raise RunnerError(f"--scene: {exc}") from exc
+    sc = scenes.render_spec(spec, seed=int(seed))
+    input_dir.mkdir(parents=True, exist_ok=True)
+    slug = "_".join(caption.lower().split())[:60]
+    slug = "".join(c for c in slug if c.isalnum() or c == "_")
+    name = f"ae_scene_{slug}_{int(seed)}.png"
+    Image.fromarray(sc.image).save(input_dir / name, format="PNG")
+    return sc, name
+
+
+def _main_save_node(prompt: Mapping[str, Any]) -> str | None:
+    """The SaveImage node that shows the edit: the first (by id) whose images come through VAEDecode from a
+    Prompt-to-Prompt Edit Sampler."""
+    for nid in sorted(nodes_of(prompt, "SaveImage"), key=_id_order):
+        up = _upstream(prompt, prompt[nid].get("inputs", {}).get("images"))
+        if any(prompt[u].get("class_type") == "AE_P2PEditSampler" for u in up) and \
+                any(prompt[u].get("class_type") == "VAEDecode" for u in up):
+            return nid
+    return None
+
+
+def _side_by_side(prompt, outputs, out_dir: Path, source_file: Path | None, scene_obj=None):
+    """Writes [source | reconstruction | edit ...] as one PNG (nearest-neighbour upscaled to >= 256 px high) next
+    to the outputs; returns (its path or None, the judge's readings for a ToyWorld scene or None)."""
+    from PIL import Image, ImageOps
+
+    nid = _main_save_node(prompt)
+    if nid is None or source_file is None or not source_file.is_file():
+        return None, None
+    items = [it for it in (outputs.get(nid) or {}).get("images", []) if it.get("type", "output") == "output"]
+    tiles = [Image.open(out_dir / (it.get("subfolder") or "") / it["filename"]).convert("RGB") for it in items]
+    if len(tiles) < 2:
+        return None, None
+    w, h = tiles[0].size
+    src = ImageOps.fit(Image.open(source_file).convert("RGB"), (w, h), Image.Resampling.LANCZOS)
+    tiles = [src] + tiles
+    k = max(1, -(-256 // h))
+    gap = 4
+    sheet = Image.new("RGB", (len(tiles) * w * k + gap * (len(tiles) - 1), h * k), (40, 40, 40))
+    for i, t in enumerate(tiles):
+        sheet.paste(t.resize((w * k, h * k), Image.Resampling.NEAREST), (i * (w * k + gap), 0))
+    prefix = str(prompt[nid]["inputs"].get("filename_prefix", "edit")).replace("/", "_")
+    path = out_dir / f"{prefix}_side_by_side.png"
+    sheet.save(path, format="PNG")
+    verdicts = None
+    if scene_obj is not None and (w, h) == (64, 64):
+        import numpy as np
+
+        from ..toyworld import judge
+
+        verdicts = []
+        for t in tiles:
+            found = judge.judge_image(np.asarray(t), background=scene_obj.background)
+            verdicts.append([{k: o[k] for k in judge.ATTRS} for o in found])
+    return path, verdicts
+
+
+def describe_judged(objs: list) -> str:
+    if not objs:
+        return "no object"
+    return " and ".join(f"a {o['size']} {o['colour']} {o['shape']} ({o['position']})" for o in objs)
 
 
 def _prepare_references(references: list[str], image, input_dir: Path) -> list[str]:
@@ -574,7 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
                + ", ".join(list_workflows()))
     p.add_argument("workflow", nargs="?", help="a shipped workflow name (see --list) or a path to an API-format JSON")
     p.add_argument("--list", action="store_true", help="list the shipped workflows and exit")
-    p.add_argument("--image", help="the photo to edit (default: scikit-image's cat photo 'chelsea')")
+    p.add_argument("--image", help="the photo to edit (default without --ckpt: a rendered ToyWorld scene for the "
+                                   "P2P/AdapEdit workflows, else scikit-image's cat photo 'chelsea')")
+    p.add_argument("--photo", action="store_true", help="edit scikit-image's cat photo instead of the default "
+                                                        "ToyWorld scene")
+    p.add_argument("--scene", nargs="?", const=DEFAULT_SCENE, metavar="CAPTION",
+                   help=f"render this ToyWorld caption as the photo (default caption: {DEFAULT_SCENE!r}); the "
+                        "source prompt defaults to it; give --edited-prompt too")
     p.add_argument("--source-prompt", help="a prompt describing the photo (AE_InvertImage)")
     p.add_argument("--edited-prompt", help="the edited prompt (AE_P2PEdit); several: one per line")
     p.add_argument("--mode", choices=["auto", "replace", "refine"], help="AE_P2PEdit's mode")
@@ -635,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
                   mode=args.mode, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
                   num_inner_steps=args.num_inner_steps, method=args.method, size=args.size, out=args.out,
                   toy_weights=args.toy_weights, cpu=True if args.cpu else None, threads=args.threads,
-                  references=args.reference, train_steps=args.train_steps)
+                  references=args.reference, train_steps=args.train_steps, scene=args.scene, photo=args.photo)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -653,6 +790,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[attention_edit] wrote {len(res.files)} file(s):")
     for f in res.files:
         print(f"  {f}")
+    if res.side_by_side is not None:
+        print(f"[attention_edit] side by side (source | reconstruction | edit): {res.side_by_side}")
+    if res.judged:
+        names = ["source", "reconstruction"] + [f"edit {i}" if len(res.judged) > 3 else "edit"
+                                                for i in range(1, len(res.judged) - 1)]
+        for name, objs in zip(names, res.judged):
+            print(f"[attention_edit] judge: {name}: {describe_judged(objs)}")
     if res.trained:
         print("[attention_edit] trained concept file(s), copied from ComfyUI's models folder:")
         for f in res.trained:

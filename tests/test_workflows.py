@@ -303,14 +303,48 @@ def test_runner_cli_end_to_end(tmp_path):
     assert "--ckpt" in r.stdout and ".safetensors" in r.stdout
     if not runner.TOYWORLD_WEIGHTS.is_file():
         assert "random (untrained test model)" in r.stdout
-    paths = [Path(ln.strip()) for ln in r.stdout.splitlines() if ln.strip().endswith(".png")]
-    assert len(paths) == 3, r.stdout
+    paths = [Path(ln.strip()) for ln in r.stdout.splitlines() if ln.strip().endswith(".png")
+             and not ln.startswith("[")]
+    assert len(paths) == 4, r.stdout  # attention grid, reconstruction, edit, side by side
     for p in paths:
         assert p.is_file() and p.parent == out.resolve()
     assert sorted(paths) == sorted(out.glob("*.png"))
+    # the default main job edits a rendered ToyWorld scene and shows source | reconstruction | edit
+    assert "rendered ToyWorld scene, 'a red circle on the left'" in r.stdout
+    side = out / "p2p_word_swap_side_by_side.png"
+    assert side in [p.resolve() for p in paths]
+    from PIL import Image
+
+    with Image.open(side) as im:
+        assert im.size[1] >= 256 and im.size[0] > 3 * im.size[1]
+    judged = [ln for ln in r.stdout.splitlines() if ln.startswith("[attention_edit] judge: ")]
+    assert [ln.split(": ")[1] for ln in judged] == ["source", "reconstruction", "edit"], r.stdout
+    assert "red circle (left)" in judged[0]
     assert "done in" in r.stdout
     assert "Traceback" not in r.stderr, r.stderr[-4000:]
     assert took < 120
+
+
+def test_runner_scene_and_photo_options(comfy, tmp_path):
+    """--scene renders a caption; --photo keeps the real photo; bad combinations and captions are clear errors."""
+    res = runner.run("p2p_reweight", out=tmp_path / "a", steps=3, num_inner_steps=1, scene="a big green square on the right",
+                     say=lambda *_: None)
+    inv = res.prompt[runner.nodes_of(res.prompt, "AE_InvertImage")[0]]["inputs"]
+    assert inv["source_prompt"] == "a big green square on the right"
+    assert res.side_by_side is not None and res.side_by_side.is_file() and len(res.judged) == 3
+    assert res.prompt[runner.nodes_of(res.prompt, "AE_P2PEdit")[0]]["inputs"]["self_replace_max_resolution"] == "full"
+    res = runner.run("p2p_word_swap_null_text", out=tmp_path / "b", steps=3, num_inner_steps=1, photo=True,
+                     say=lambda *_: None)
+    assert "chelsea" in res.prompt[runner.nodes_of(res.prompt, "LoadImage")[0]]["inputs"]["image"]
+    assert res.judged is None and res.side_by_side is not None
+    with pytest.raises(runner.RunnerError, match="also give --edited-prompt"):
+        runner.run("p2p_word_swap_null_text", out=tmp_path / "c", scene="a red circle", say=lambda *_: None)
+    with pytest.raises(runner.RunnerError, match="names no colour"):
+        runner.run("p2p_word_swap_null_text", out=tmp_path / "c", scene="a purple circle", edited_prompt="x",
+                   say=lambda *_: None)
+    with pytest.raises(runner.RunnerError, match="not both"):
+        runner.run("p2p_word_swap_null_text", out=tmp_path / "c", scene="a red circle", photo=True,
+                   say=lambda *_: None)
 
 
 def test_runner_cli_errors_are_one_clear_line(tmp_path):

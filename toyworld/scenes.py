@@ -231,6 +231,38 @@ def make_dataset(n: int, seed: int = 0, two_prob: float = 0.35, partial_caption_
     return imgs, caps, specs
 
 
+def spec_from_caption(caption: str) -> dict:
+    """The spec of a one-object caption in ToyWorld's words, e.g. "a red circle on the left" or
+    "a small blue square at the top on stripes". Unnamed attributes default to big, centre, white.
+
+    Raises ValueError naming what is missing or unknown (the world's vocabulary is listed in the message)."""
+    text = " " + " ".join(str(caption).lower().replace(",", " ").split()) + " "
+    vocab = (f"shapes {', '.join(SHAPES)}; colours {', '.join(COLOURS)}; sizes {', '.join(SIZES)}; positions "
+             f"{', '.join(p for v in POSITION_PHRASE.values() for p in v)}; backgrounds "
+             f"{', '.join(p for v in BACKGROUND_PHRASE.values() for p in v)}")
+
+    def pick(options, what, default=None):
+        found = [o for o in options if f" {o} " in text]
+        if len(found) > 1:
+            raise ValueError(f"caption {caption!r} names more than one {what} ({', '.join(found)}): a ToyWorld scene "
+                             f"from a caption has one object")
+        if not found:
+            if default is None:
+                raise ValueError(f"caption {caption!r} names no {what}; ToyWorld knows {vocab}")
+            return default
+        return found[0]
+
+    def phrase(table, what, default):
+        found = [k for k, phrases in table.items() if any(f" {ph} " in text for ph in phrases)]
+        if len(found) > 1:
+            raise ValueError(f"caption {caption!r} names more than one {what} ({', '.join(found)})")
+        return found[0] if found else default
+
+    return spec_from_attrs(pick(SHAPES, "shape"), pick(list(COLOURS), "colour"), pick(SIZES, "size", "big"),
+                           phrase(POSITION_PHRASE, "position", "centre"),
+                           phrase(BACKGROUND_PHRASE, "background", "white"))
+
+
 def spec_from_attrs(shape="circle", colour="red", size="big", position="centre", background="white") -> dict:
     return {"objects": [{"shape": shape, "colour": colour, "size": size, "position": position}],
             "background": background}

@@ -1,7 +1,11 @@
-"""Trains the ToyWorld model (models/sd1x.py TOYWORLD config) on procedurally rendered scenes, on CPU.
+"""Trains the ToyWorld model (models/sd1x.py TOYWORLD config) on procedurally rendered scenes (CPU or GPU).
 
     python -m attention_edit.toyworld.train --out runs/toyworld --minutes 120          # fresh
     python -m attention_edit.toyworld.train --out runs/toyworld --minutes 120 --resume # continue
+    python -m attention_edit.toyworld.train --out runs/gpu --init toyworld/weights/toyworld.safetensors \
+        --vae-minutes 0 --minutes 8 --batch 256 --n-data 64000 --n-latents 64000     # fine-tune (on a GPU if any)
+
+The device is comfy.model_management's (``--cpu`` forces the CPU).
 
 Phases (both resumable):
   1. ``vae``: the AutoencoderKL alone (L1 + MSE + tiny KL) for ``--vae-minutes``; then its latent scale is folded
@@ -164,7 +168,7 @@ def caption_token_ids(clip) -> list:
 
 class Trainer:
     def __init__(self, args):
-        import comfy.model_management  # noqa: F401
+        import comfy.model_management
 
         from ..models import sd1x
 
@@ -173,12 +177,18 @@ class Trainer:
         os.makedirs(self.out, exist_ok=True)
         self.ckpt_path = os.path.join(self.out, "ckpt.safetensors")
         self.cfg = sd1x.config_from_any(args.config)
+        self.device = comfy.model_management.get_torch_device()
+        init_sd = None
+        if getattr(args, "init", ""):
+            self.cfg, init_sd, _ = sd1x.read_weights(args.init)
         self.mp, self.clip, self.vae = sd1x.build_sd1x(self.cfg, seed=args.seed, dtype=torch.float32)
         self.unet = self.mp.model.diffusion_model
         self.te = self.clip.cond_stage_model
         self.vae_model = self.vae.first_stage_model
+        if init_sd is not None:
+            self._load_init(init_sd)
         for m in (self.unet, self.te, self.vae_model):
-            m.to("cpu")
+            m.to(self.device)
         self.data = Data(args.n_data, args.seed)
         self.tokens = TokenCache(self.clip)
         self.phase = "vae"
@@ -187,7 +197,36 @@ class Trainer:
         self.best = {}
         self.latents = None
         self.ema = {}
+        if init_sd is not None:  # fine-tune from shipped weights: straight to the UNet phase (VAE kept as it is)
+            self.phase = "unet"
+            self.latents = self.encode_latents()
         self._init_phase_objects()
+
+    def _load_init(self, sd):
+        """Loads a ``sd1x.save_weights`` state dict (fp16 upcast to fp32) into the three parts."""
+        parts = {"model.diffusion_model.": self.unet, "clip.": self.te, "vae.": self.vae_model}
+        for prefix, module in parts.items():
+            sub = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
+            missing, unexpected = module.load_state_dict(sub, strict=False)
+            missing = [k for k in missing if not k.endswith("position_ids")]
+            if missing or unexpected:
+                raise ValueError(f"--init: {prefix} keys do not match the config: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+        log(f"initialised from {self.args.init}")
+
+    @torch.no_grad()
+    def encode_latents(self):
+        """Encodes the first ``--n-latents`` scenes with the (already scale-folded) VAE encoder: [N,4,h,w]."""
+        vm = self.vae_model
+        n_lat = min(self.data.n, self.args.n_latents)
+        t0 = time.time()
+        out = []
+        for s in range(0, n_lat, 256):
+            x = self.data.image_batch(np.arange(s, min(n_lat, s + 256))).to(self.device)
+            mean, _ = torch.chunk(vm.quant_conv(vm.encoder(x)), 2, dim=1)
+            out.append(mean.float())
+        log(f"encoded {n_lat} scenes in {time.time() - t0:.0f}s")
+        return torch.cat(out)
 
     # ---- params
     def vae_params(self):
@@ -214,15 +253,19 @@ class Trainer:
             self.opt = torch.optim.AdamW([p for _, p in named], lr=self.args.lr, weight_decay=0.0, betas=(0.9, 0.99),
                                          foreach=True)
             emb = self.te.clip_l.transformer.text_model.embeddings.token_embedding.weight
-            used = torch.zeros(emb.shape[0], 1)
+            used = torch.zeros(emb.shape[0], 1, device=emb.device)
             used[caption_token_ids(self.clip)] = 1.0
             self._emb_mask = used
             emb.register_hook(lambda g: g * self._emb_mask.to(g.dtype))
             if not self.ema:
                 self.ema = {k: p.detach().clone() for k, p in named}
+            else:
+                self.ema = {k: v.to(self.device) for k, v in self.ema.items()}
             sig = self.mp.model.model_sampling.sigmas.float().cpu()
             ac = 1.0 / (1.0 + sig ** 2)  # ComfyUI's SD15 scaled_linear schedule
-            self.alphas_cumprod = ac
+            self.alphas_cumprod = ac.to(self.device)
+            if self.latents is not None:
+                self.latents = self.latents.to(self.device)
 
     # ---- checkpoint
     def state_tensors(self):
@@ -257,7 +300,7 @@ class Trainer:
         self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema/")}
         self.latents = tensors.get("latents")
         self._init_phase_objects()
-        opt_load(self.opt, tensors, "opt")
+        opt_load(self.opt, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("opt/")}, "opt")
         log(f"resumed phase={self.phase} step={self.step} elapsed={self.elapsed}")
 
     # ---- VAE phase
@@ -274,13 +317,14 @@ class Trainer:
             c = a.vae_crop
             offs = rng.integers(0, (x.shape[-1] - c) // 8 + 1, (len(idx), 2)) * 8
             x = torch.stack([x[i, :, oy:oy + c, ox:ox + c] for i, (oy, ox) in enumerate(offs)])
+        x = x.to(self.device)
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step)
         vm = self.vae_model
         h = vm.encoder(x)
         moments = vm.quant_conv(h)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         logvar = logvar.clamp(-30, 20)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g).to(mean.device)
         rec = vm.decoder(vm.post_quant_conv(z))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
         mse = F.mse_loss(rec, x)
@@ -314,7 +358,7 @@ class Trainer:
         n_lat = min(self.data.n, self.args.n_latents)
         t0 = time.time()
         for s in range(0, n_lat, 128):
-            x = self.data.image_batch(np.arange(s, min(n_lat, s + 128)))
+            x = self.data.image_batch(np.arange(s, min(n_lat, s + 128))).to(self.device)
             mean, _ = torch.chunk(vm.quant_conv(vm.encoder(x)), 2, dim=1)
             means.append(mean)
         lat = torch.cat(means)
@@ -340,15 +384,17 @@ class Trainer:
         prng = random.Random(f"{a.seed}:{self.step}")
         caps = [("" if prng.random() < a.uncond_prob else self.data.caption(int(i), prng)) for i in idx]
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step + 77)
-        x0 = self.latents[idx] * 0.18215
+        dev = self.device
+        x0 = self.latents[torch.as_tensor(idx, device=self.latents.device)] * 0.18215
         t = torch.randint(0, 1000, (len(idx),), generator=g)
         if a.t_bias > 0:  # a share of the batch at high noise, where layout and attribute binding are decided
             hi = torch.randint(300, 1000, (len(idx),), generator=g)
             t = torch.where(torch.rand(len(idx), generator=g) < a.t_bias, hi, t)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = t.to(dev)
         ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
-        ids = self.tokens.batch(caps)
+        ids = self.tokens.batch(caps).to(dev)
         ctx = self.te.clip_l.transformer(ids, dtype=torch.float32)[0]
         eps = self.unet(xt, timesteps=t.float(), context=ctx)
         loss = F.mse_loss(eps.float(), noise)
@@ -362,8 +408,7 @@ class Trainer:
         self.opt.step()
         d = min(a.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            for k, p in named:
-                self.ema[k].lerp_(p.detach(), 1 - d)
+            torch._foreach_lerp_([self.ema[k] for k, _ in named], [p.detach() for _, p in named], 1 - d)
         return {"loss": loss.item()}
 
     def swap_ema(self):
@@ -402,6 +447,8 @@ class Trainer:
             res = probe_faithfulness(self.mp, self.clip, self.vae, n=self.args.probe_n, seed=1234,
                                      grid_path=os.path.join(self.out, f"probe_{self.step:06d}.png"))
         finally:
+            for m in (self.unet, self.te, self.vae_model):  # comfy's loader may have moved them
+                m.to(self.device)
             self.swap_ema()
         res.update({"step": self.step, "minutes": round(self.elapsed["unet"] / 60, 2)})
         with open(os.path.join(self.out, "probe.jsonl"), "a") as f:
@@ -589,6 +636,49 @@ def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
     return info
 
 
+def split_weights(path: str, out_dir: str, max_mb: float = 15.0) -> list:
+    """Splits a safetensors file into parts of at most ``max_mb`` MiB (whole tensors, same metadata in each), for
+    transports with a per-file size limit; ``merge_weights`` puts them back together bit for bit."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    sd = load_file(path)
+    parts, cur, size = [], {}, 0
+    for k in sorted(sd):
+        nb = sd[k].numel() * sd[k].element_size()
+        if cur and size + nb > max_mb * 2 ** 20:
+            parts.append(cur)
+            cur, size = {}, 0
+        cur[k] = sd[k]
+        size += nb
+    parts.append(cur)
+    os.makedirs(out_dir, exist_ok=True)
+    names = []
+    base = os.path.splitext(os.path.basename(path))[0]
+    for i, part in enumerate(parts):
+        name = os.path.join(out_dir, f"{base}.part{i}.safetensors")
+        save_file(part, name, metadata=meta)
+        names.append(name)
+    return names
+
+
+def merge_weights(paths, out_path: str) -> None:
+    """Inverse of ``split_weights``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    sd = {}
+    for p in paths:
+        sd.update(load_file(p))
+    with safe_open(paths[0], framework="pt") as f:
+        meta = f.metadata() or {}
+    tmp = out_path + ".tmp"
+    save_file(sd, tmp, metadata=meta)
+    os.replace(tmp, out_path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # faithfulness probe (also used by tests/bench helpers)
 # ----------------------------------------------------------------------------------------------------------------
@@ -667,6 +757,10 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=120.0, help="total training time budget (both phases)")
     ap.add_argument("--vae-minutes", type=float, default=15.0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="fine-tune from a weights file (sd1x.save_weights format, e.g. the shipped "
+                                               "toyworld.safetensors): skips the VAE phase, keeps its VAE")
+    ap.add_argument("--cpu", action="store_true",
+                    help="train on the CPU even where comfy.model_management finds a GPU")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="toyworld")
     ap.add_argument("--n-data", type=int, default=24000)
@@ -700,7 +794,10 @@ def main(argv=None):
     args = parse_args(argv)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    if args.cpu or not torch.cuda.is_available():  # before comfy.model_management is imported: it reads this once
+        comfy.cli_args.args.cpu = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     comfy.cli_args.args.use_pytorch_cross_attention = True  # SDPA: faster than sub-quadratic on CPU for training
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
