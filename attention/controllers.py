@@ -189,8 +189,11 @@ class LocalBlend:
     start_step:    blend only from this step on (NTI notebook start_blend = 0.2 of the steps).
     downscale:     map resolution used, as latent side / map side (4 = the reference's 16x16 maps at 512px).
 
-    Mask recipe (reference LocalBlend): mean map of the words' tokens -> 3x3 max-pool (stride 1) -> nearest
-    resize to the latent -> divide by its max -> > threshold.
+    dilation:      max-pool radius in map pixels; None = auto (``pool_radius``: the reference's 3x3 pool on its
+                   16x16 maps, scaled with the map side, so none on tiny maps).
+
+    Mask recipe (reference LocalBlend): mean map of the words' tokens -> 3x3 max-pool (stride 1; radius scaled
+    with the map side here) -> nearest resize to the latent -> divide by its max -> > threshold.
     """
 
     source_tokens: Sequence[int]
@@ -199,19 +202,32 @@ class LocalBlend:
     threshold: float = 0.3
     start_step: int = 0
     downscale: float = 4.0
+    dilation: Optional[int] = None
 
     def __post_init__(self):
+        if self.dilation is not None and int(self.dilation) < 0:
+            raise ValueError(f"local blend dilation must be >= 0 map pixels (or None for auto), got {self.dilation}")
         if self.use not in ("both", "source", "target"):
             raise ValueError(f"local blend 'use' must be 'both', 'source' or 'target', got {self.use!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"local blend threshold must be within [0, 1], got {self.threshold}")
+
+    def pool_radius(self, map_hw) -> int:
+        """Max-pool radius in map pixels: ``dilation`` if set, else the reference's geometry (a 3x3 pool on 16x16
+        maps = a dilation of 1/16 of the side): round(min(h, w) / 16), so 0 (no dilation) on maps of 7x7 or
+        less, where one map pixel is a large part of the image (e.g. the 8x8 maps of a 64px model)."""
+        if self.dilation is not None:
+            return int(self.dilation)
+        return int(round(min(int(map_hw[0]), int(map_hw[1])) / 16.0))
 
     def _word_mask(self, maps: torch.Tensor, tokens: Sequence[int], latent_hw) -> torch.Tensor:
         # maps: [h, w, T] -> [1, 1, H, W] bool
         if len(tokens) == 0:
             return torch.zeros((1, 1) + tuple(latent_hw), dtype=torch.bool, device=maps.device)
         m = maps[..., list(tokens)].sum(-1)[None, None]
-        m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)
+        r = self.pool_radius(m.shape[-2:])
+        if r > 0:
+            m = F.max_pool2d(m, kernel_size=2 * r + 1, stride=1, padding=r)
         m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
         m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         return m > self.threshold

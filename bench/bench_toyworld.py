@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--cases", type=int, default=100, help="cases per type (issue: at least 100)")
     ap.add_argument("--weights", default=None, help="a ToyWorld safetensors (default: the shipped one)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--inner", type=int, default=5, help="null-text inner steps")
+    ap.add_argument("--inner", type=int, default=10, help="null-text inner steps (reference default 10)")
     ap.add_argument("--only", default="t2i,inversion,swap,refine,reweight")
     ap.add_argument("--plot", default="out/toyworld_bench.png")
     ap.add_argument("--threads", type=int, default=1)

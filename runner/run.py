@@ -139,8 +139,8 @@ def parse_size(size: str | int | tuple | None) -> tuple[int, int] | None:
 
 
 # resolution-dependent settings for the tiny model's 64x64 images (8x8 latent): the 512px choice "1/4" would ask
-# for 2x2 attention maps; "1/2" uses its 4x4 ones (the nodes' tooltips: "use 1/2 or full for small images")
-TOY_MASK_RESOLUTION = "1/2 (32x32 at 512px)"
+# for 2x2 attention maps; "full" uses the 8x8 ones, undilated (LocalBlend.pool_radius), as the ToyWorld benchmark
+TOY_MASK_RESOLUTION = "full"
 
 #: Without --ckpt and --image, these workflows edit a rendered ToyWorld scene (what the model was trained on)
 #: instead of the cat photo: the scene's caption, the source prompt (default: the caption), the edited prompt, and

@@ -298,3 +298,18 @@ def test_null_text_is_far_better_than_ddim_on_the_trained_toyworld_model():
     print(f"ToyWorld, cat photo, cfg 7.5, 10 steps: latent MSE ddim {errs['ddim']:.4g}, "
           f"null-text {errs['null_text']:.4g}, ratio {ratio:.1f}x")
     assert ratio > 5, errs
+
+
+def test_local_blend_dilation_scales_with_the_map_side():
+    """The reference's 3x3 max-pool on its 16x16 maps dilates by 1/16 of the side; tiny maps get no dilation (one
+    8x8 map pixel is 1/8 of a 64px image), an explicit dilation overrides, a negative one is an error."""
+    from attention_edit.attention.controllers import LocalBlend
+
+    lb = LocalBlend(source_tokens=[1], target_tokens=[[1]])
+    assert [lb.pool_radius((s, s)) for s in (4, 8, 16, 32, 64)] == [0, 0, 1, 2, 4]
+    maps = torch.zeros(8, 8, 3)
+    maps[3, 3, 1] = 1.0
+    assert int(lb._word_mask(maps, [1], (8, 8)).sum()) == 1
+    assert int(LocalBlend(source_tokens=[1], target_tokens=[[1]], dilation=1)._word_mask(maps, [1], (8, 8)).sum()) == 9
+    with pytest.raises(ValueError, match="dilation must be >= 0"):
+        LocalBlend(source_tokens=[1], target_tokens=[[1]], dilation=-1)
