@@ -3,6 +3,10 @@
     python bench/bench_toyworld.py                 # >= 100 seeded cases of each type (tens of minutes on a CPU)
     python bench/bench_toyworld.py --cases 10      # a quick look
     python bench/bench_toyworld.py --weights runs/toyworld/export.safetensors --plot out/toyworld.png
+    # the same in two processes (two cores), then one table and plot:
+    python bench/bench_toyworld.py --only t2i,inversion,swap --json out/tw_a.json --plot "" &
+    python bench/bench_toyworld.py --only refine,reweight --json out/tw_b.json --plot "" ; wait
+    python bench/bench_toyworld.py --merge out/tw_a.json out/tw_b.json --plot out/toyworld_bench.png
 
 Prints a markdown table and writes a plot PNG (matplotlib). Cases are seeded: the same command gives the same
 figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per attribute; null-text PSNR >= DDIM
@@ -11,6 +15,7 @@ figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -33,7 +38,13 @@ def main(argv=None):
     ap.add_argument("--only", default="t2i,inversion,swap,refine,reweight")
     ap.add_argument("--plot", default="out/toyworld_bench.png")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default="", help="also write the rows and plot data here (for --merge)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="instead: merge the --json files of runs with different --only (run in parallel) into one "
+                         "table and plot")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.plot)
 
     import torch
 
@@ -82,18 +93,45 @@ def main(argv=None):
         factors = res[0]["factors"]
         areas = [mean([r["areas"][i] for r in res]) for i in range(len(factors))]
         rows.append(("reweight 'big': mean judged area per factor " + ",".join(f"{f:g}" for f in factors),
-                     " / ".join(f"{a:.0f}" for a in areas), "monotonic"))
-        rows.append(("reweight 'big': cases with a non-decreasing area", f"{mean([r['monotonic'] for r in res]):.0%}", ""))
+                     " / ".join(f"{a:.0f}" for a in areas), ""))
+        rows.append(("reweight 'big': cases with a non-decreasing / non-increasing area",
+                     f"{mean([r['monotonic'] for r in res]):.0%} / {mean([r['monotonic_down'] for r in res]):.0%}", ""))
+        rows.append(("reweight 'big': mean Spearman rho of area vs factor", f"{mean([r['spearman'] for r in res]):+.2f}",
+                     "monotonic"))
         plot["reweight"] = (factors, areas)
 
-    print(f"\n### ToyWorld benchmark: {tm.label}; {args.cases} cases per type, {st.steps} steps, cfg {st.cfg}, "
-          f"inversion {st.inversion} ({st.num_inner_steps} inner steps); {time.time() - t0:.0f} s\n")
-    print("| figure | value | target |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    header = (f"ToyWorld benchmark: {tm.label}; {args.cases} cases per type, {st.steps} steps, cfg {st.cfg}, "
+              f"inversion {st.inversion} ({st.num_inner_steps} inner steps)")
+    print_table(header + f"; {time.time() - t0:.0f} s", rows)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "only": args.only, "seconds": time.time() - t0, "rows": rows,
+                       "plot": plot, "label": tm.label}, f, indent=1)
     if args.plot and plot:
         write_plot(plot, args.plot, tm.label)
         print(f"\nplot: {args.plot}")
+    return 0
+
+
+def print_table(header: str, rows) -> None:
+    print(f"\n### {header}\n")
+    print("| figure | value | target |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+
+def merge(paths, plot_path: str) -> int:
+    parts = [json.load(open(p)) for p in paths]
+    rows, plot = [], {}
+    for part in parts:
+        rows += [tuple(r) for r in part["rows"]]
+        plot.update(part["plot"])
+    secs = " + ".join(f"{p['seconds']:.0f} s ({p['only']})" for p in parts)
+    print_table(f"{parts[0]['header']}; {secs}", rows)
+    if plot_path and plot:
+        write_plot(plot, plot_path, parts[0]["label"])
+        print(f"\nplot: {plot_path}")
     return 0
 
 

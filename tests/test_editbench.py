@@ -44,3 +44,11 @@ def test_refine_case(tm):
 def test_reweight_case(tm):
     r = eb.reweight_case(tm, 7, ST, factors=(0.0, 2.0))
     assert r["factors"] == [0.0, 2.0] and len(r["areas"]) == 2 and isinstance(r["monotonic"], bool)
+    assert isinstance(r["monotonic_down"], bool) and -1.0 <= r["spearman"] <= 1.0
+
+
+def test_inversions_are_shared_between_cases(tm):
+    sc = eb.one_object_scene(3)
+    a = eb.invert_scene(tm, sc, ST)
+    assert eb.invert_scene(tm, eb.one_object_scene(3), ST) is a
+    assert eb.invert_scene(tm, sc, ST, "ddim") is not a

@@ -10,7 +10,8 @@ Case types (issue "ToyWorld"):
     by plain regeneration (the edited prompt from the same x_T, no attention injection): success (the judge sees
     the new attribute), structure (mask IoU with the source object), background PSNR outside the object;
   * refine: add the size word ("a red circle" -> "a big red circle") to a scene of a small object;
-  * reweight: the equalizer of "big" swept over factors; the judged area should grow monotonically.
+  * reweight: the equalizer of "big" swept over factors; the judged area should move monotonically (both directions
+    and the Spearman rank correlation of area with factor are reported).
 """
 from __future__ import annotations
 
@@ -148,14 +149,27 @@ def t2i_case(tm: ToyModel, seed: int, st: Settings) -> dict:
     return {k: (obj is not None and obj[k] == truth[k]) for k in judge.ATTRS} | {"caption": sc.caption}
 
 
+_INVERSIONS: dict = {}
+
+
 def invert_scene(tm: ToyModel, sc: scenes.Scene, st: Settings, method: Optional[str] = None):
+    """Inverts a rendered scene (its caption as the source prompt). The same scene, caption and settings are
+    inverted once per model (the inversion and swap cases of one seed share it); the cache keeps the last 64."""
     from ..inversion.core import invert
     from ..sampling.engine import replay_schedule
 
+    method = method or st.inversion
+    key = (id(tm), sc.seed, sc.caption, repr(sc.spec), method, st.steps, st.cfg, st.num_inner_steps)
+    if key in _INVERSIONS:
+        return _INVERSIONS[key]
     lat = encode_image(tm, sc.image)
     sig = replay_schedule(tm.model, "p2p_ddim", st.steps)
-    return invert(tm.model, lat, tm.encode(sc.caption), tm.encode(""), sig, method=method or st.inversion,
-                  guidance_scale=st.cfg, num_inner_steps=st.num_inner_steps, source_prompt=sc.caption)
+    inv = invert(tm.model, lat, tm.encode(sc.caption), tm.encode(""), sig, method=method,
+                 guidance_scale=st.cfg, num_inner_steps=st.num_inner_steps, source_prompt=sc.caption)
+    if len(_INVERSIONS) >= 64:
+        _INVERSIONS.pop(next(iter(_INVERSIONS)))
+    _INVERSIONS[key] = inv
+    return inv
 
 
 def inversion_case(tm: ToyModel, seed: int, st: Settings, methods=("ddim", "negative_prompt", "null_text")) -> dict:
@@ -246,4 +260,8 @@ def reweight_case(tm: ToyModel, seed: int, st: Settings, factors=(0.0, 1.0, 2.0,
         obj = main_object(judge.judge_image(img), sc.objects[0].mask)
         areas.append(float(obj["area"]) if obj is not None else 0.0)
     mono = all(b >= a for a, b in zip(areas, areas[1:]))
-    return {"factors": list(factors), "areas": areas, "monotonic": mono}
+    down = all(b <= a for a, b in zip(areas, areas[1:]))
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(list(factors), areas).statistic) if len(set(areas)) > 1 else 0.0
+    return {"factors": list(factors), "areas": areas, "monotonic": mono, "monotonic_down": down, "spearman": rho}
