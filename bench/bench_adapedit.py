@@ -105,7 +105,7 @@ def main(argv=None):
     ap.add_argument("--cases", type=int, default=100, help="cases per type")
     ap.add_argument("--weights", default=None, help="a ToyWorld safetensors (default: the shipped one)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--inner", type=int, default=5, help="null-text inner steps")
+    ap.add_argument("--inner", type=int, default=10, help="null-text inner steps (reference default 10)")
     ap.add_argument("--only", default="size,position", help="case types: size, position")
     ap.add_argument("--position-attrs", default="size,colour", help="what the position-bound edit changes")
     ap.add_argument("--variants", default="p2p,adapedit,no_fwt,no_dps,no_mask",
