@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .controllers import PromptEdit
+
 ALPHA_M = 0.03  # paper: the empirical map threshold alpha_m
 LAMBDA_S = 0.9  # paper Fig. 7: lambda_S = 0.9 (0.98 for a stronger edit)
 LAMBDA_SV = 1.0  # paper Fig. 7: lambda_S[V] from 0.8 to 1.0
@@ -133,3 +135,23 @@ class DPS:
             return None
         acc, n = self.record[tuple(map_hw)]
         return (acc / n).reshape(map_hw)
+
+
+@dataclass
+class SoftPromptEdit(PromptEdit):
+    """A Prompt-to-Prompt edit with AdapEdit's DPS (Eq. 4 and 8): outside a word's injection window the edited row
+    keeps C(R(M_src), M*) instead of its own maps M*, with the pixel weights S[V] of :class:`DPS`. Without DPS
+    (``dps`` None) it is exactly a :class:`PromptEdit`."""
+
+    dps: Optional[DPS] = None
+
+    def own_maps(self, mapped, edit, alpha, features, map_hw):
+        if self.dps is None or features is None or not bool((alpha < 1).any()):
+            return edit
+        return dps_interpolate(mapped, edit, self.dps.weights(edit, features, map_hw), self.dps.lambda_s)
+
+    def active(self, step: int) -> bool:
+        return True if self.dps is not None else super().active(step)
+
+    def needs_features(self) -> bool:
+        return self.dps is not None

@@ -66,7 +66,6 @@ class PromptEdit:
     cross_alpha: torch.Tensor
     alphas: Optional[torch.Tensor] = None
     equalizer: Optional[torch.Tensor] = None
-    dps: Optional[object] = None  # attention.adapedit.DPS: interpolate instead of taking the edit's own maps
     keyword_tokens: tuple = ()  # target positions of the edited words (swapped or added)
 
     def __post_init__(self):
@@ -86,39 +85,47 @@ class PromptEdit:
             self._moved[key] = t
         return t
 
+    def mapped(self, base: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+        """R(M_src): the source row's maps moved to the edited prompt's tokens (the word-swap mapping, an einsum over
+        the mapper; or the refinement gather, where new tokens keep their own maps), times the equalizer.
+        base, edit: [heads, HW, T]."""
+        dev, dt = edit.device, edit.dtype
+        if self.kind == "replace":
+            out = torch.einsum("hpw,wn->hpn", base, self._on("mapper", dev, dt))
+        else:
+            alphas = self._on("alphas", dev, dt)
+            # index -1 (a new token) gathers the last column; alphas == 0 there masks it out
+            out = base[:, :, self._on("mapper", dev)] * alphas + edit * (1 - alphas)
+        if self.equalizer is not None:
+            out = out * self._on("equalizer", dev, dt)
+        return out
+
+    def own_maps(self, mapped: torch.Tensor, edit: torch.Tensor, alpha: torch.Tensor,
+                 features: Optional[torch.Tensor], map_hw) -> torch.Tensor:
+        """The maps the edited row keeps where it is not injected: its own (P2P). Extensions (AdapEdit's DPS)
+        override this."""
+        return edit
+
     def inject(self, base: torch.Tensor, edit: torch.Tensor, step: int, features: Optional[torch.Tensor] = None,
                map_hw=None) -> torch.Tensor:
         """Returns the edited row's new cross-attention probabilities.
 
-        base, edit: [heads, HW, T] (source row, this edited row). Implements
-        ``M_new = alpha_t * R(M_src) + (1 - alpha_t) * M_edit`` where R is the word-swap mapping
-        (einsum over the mapper), the refinement gather (new tokens keep their own maps) and the equalizer.
-        No renormalisation, as in the reference. With DPS (AdapEdit Eq. 4 and 8) and the layer's features
-        [HW, d], M_edit is replaced by C(R(M_src), M_edit) outside the injection window.
+        base, edit: [heads, HW, T] (source row, this edited row); features: optional [HW, d] input features of the
+        layer. Implements ``M_new = alpha_t * R(M_src) + (1 - alpha_t) * own`` with R from :meth:`mapped` and
+        ``own`` from :meth:`own_maps` (the edit's own maps). No renormalisation, as in the reference.
         """
-        dev, dt = edit.device, edit.dtype
-        if self.kind == "replace":
-            mapped = torch.einsum("hpw,wn->hpn", base, self._on("mapper", dev, dt))
-        else:
-            alphas = self._on("alphas", dev, dt)
-            # index -1 (a new token) gathers the last column; alphas == 0 there masks it out
-            mapped = base[:, :, self._on("mapper", dev)] * alphas + edit * (1 - alphas)
-        if self.equalizer is not None:
-            mapped = mapped * self._on("equalizer", dev, dt)
-        a = self._on("cross_alpha", dev, dt)[min(step, self.cross_alpha.shape[0] - 1)]
-        own = edit
-        if self.dps is not None and features is not None and bool((a < 1).any()):
-            from .adapedit import dps_interpolate
-
-            own = dps_interpolate(mapped, edit, self.dps.weights(edit, features, map_hw), self.dps.lambda_s)
-        return mapped * a + own * (1 - a)
+        mapped = self.mapped(base, edit)
+        a = self._on("cross_alpha", edit.device, edit.dtype)[min(step, self.cross_alpha.shape[0] - 1)]
+        return mapped * a + self.own_maps(mapped, edit, a, features, map_hw) * (1 - a)
 
     def active(self, step: int) -> bool:
         """True when this edit changes any token's map at ``step`` (otherwise the layer can skip it)."""
-        if self.dps is not None:
-            return True
         row = self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)]
         return bool((row != 0).any())
+
+    def needs_features(self) -> bool:
+        """Whether :meth:`inject` uses the layer's input features (AdapEdit's DPS does)."""
+        return False
 
 
 class AttentionStore:
@@ -307,10 +314,15 @@ class P2PController:
         return self.self_injection is not None and self.self_injection.active(info)
 
     def wants_features(self, info: LayerInfo) -> bool:
-        """Whether this cross-attention layer needs its input hidden states (DPS, or FWT recording)."""
-        if any(e.dps is not None for e in self.edits):
+        """Whether this cross-attention layer needs its input hidden states (an edit that uses them, or the feature
+        recording for AdapEdit's FWT analysis)."""
+        if any(e.needs_features() for e in self.edits):
             return True
         return self.feature_downscale is not None and abs(info.downscale - self.feature_downscale) < 1e-6
+
+    def records_features(self) -> bool:
+        """Whether any layer needs its input features (so the binding captures them)."""
+        return self.feature_downscale is not None or any(e.needs_features() for e in self.edits)
 
     def cross(self, probs: torch.Tensor, info: LayerInfo, features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """probs: [P, heads, HW, T] of the conditional rows; features: optional [P, HW, d] hidden states.

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import align
-from .adapedit import DPS, fwt_tau, schedule_text
+from .adapedit import DPS, SoftPromptEdit, fwt_tau, schedule_text
 from .controllers import LocalBlend, P2PController, PromptEdit, SelfInjection
 
 Window = Union[float, tuple]
@@ -109,8 +109,9 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
             d = spec.dps
             dps = DPS(keyword_tokens=kw, lambda_s=d.lambda_s, lambda_sv=d.lambda_sv, alpha_m=d.alpha_m,
                       pixel_mask=d.pixel_mask)
-        edits.append(PromptEdit(kind=a.mode, mapper=a.mapper, alphas=None if a.mode == "replace" else a.alphas,
-                                cross_alpha=alpha[:, i, :].clone(), equalizer=eq, dps=dps, keyword_tokens=tuple(kw)))
+        common = dict(kind=a.mode, mapper=a.mapper, alphas=None if a.mode == "replace" else a.alphas,
+                      cross_alpha=alpha[:, i, :].clone(), equalizer=eq, keyword_tokens=tuple(kw))
+        edits.append(SoftPromptEdit(**common, dps=dps) if dps is not None else PromptEdit(**common))
     start, end = align.self_replace_range(num_steps, spec.self_replace_steps)
     self_inj = SelfInjection(start, end, spec.self_min_downscale) if end > start else None
     blend = None

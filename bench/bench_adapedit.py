@@ -120,11 +120,11 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    from attention_edit.toyworld import adapbench as ab
-    from attention_edit.toyworld import editbench as eb
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.bench import adapbench as ab
+    from attention_edit.bench import editbench as eb
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in ab.VARIANTS]

@@ -54,11 +54,11 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    from attention_edit.toyworld import conceptbench as cb
-    from attention_edit.toyworld import editbench as eb
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.bench import conceptbench as cb
+    from attention_edit.bench import editbench as eb
 
     cs = cb.ConceptSettings()
     for key in ("ti_steps", "cd_steps", "ti_lr", "cd_lr", "ti_vectors", "cd_mode", "cfg"):
@@ -105,7 +105,7 @@ def write_plot(res: dict, path: str, label: str, n_show: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from attention_edit.toyworld import conceptbench as cb
+    from attention_edit.bench import conceptbench as cb
 
     cases = [c for c in res["cases"] if "image" in c["initializer"]][:n_show]
     n = max(len(cases), len(res["refs"]))

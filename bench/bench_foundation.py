@@ -66,7 +66,7 @@ def _sync():
 
 def build(full_size: bool):
     """(model, clip, vae, image_size, label)."""
-    from attention_edit.models import sd1x
+    from attention_edit.comfy_bridge import models as sd1x
 
     if full_size:
         cfg = sd1x.SD1xConfig(name="sd15_random_unet", image_size=512, model_channels=320,
@@ -96,23 +96,19 @@ def main(argv=None):
                     help="only null-text inversion (its time and peak memory), e.g. --full-size --steps 1 --inner 1")
     args = ap.parse_args(argv)
 
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    import comfy.model_management as mm
-    import comfy.sample
-    import comfy.samplers
-
+    host.configure(cpu=not torch.cuda.is_available())
     from attention_edit.attention.recipe import EditSpec, build_controller
-    from attention_edit.inversion.core import invert
-    from attention_edit.sampling.edit import edit
-    from attention_edit.sampling.engine import replay_schedule
-    from attention_edit.testing.photos import photo
+    from attention_edit.comfy_bridge import text
+    from attention_edit.comfy_bridge.sampling import core_sample, edit, invert, replay_schedule
+    from attention_edit.comfy_bridge.training import load_for_sampling
+    from attention_edit.headless.photos import photo
 
-    device = mm.get_torch_device()
+    device = host.torch_device()
     m, clip, vae, size, label = build(args.full_size)
     steps = args.steps or 50
-    enc = lambda p: clip.encode_from_tokens_scheduled(clip.tokenize(p))  # noqa: E731
+    enc = lambda p: text.encode(clip, p)  # noqa: E731
     src_p, tgt_p = "a photo of a cat", "a photo of a dog"
     src, empty, tgt = enc(src_p), enc(""), enc(tgt_p)
     img = photo("cat", size)
@@ -137,7 +133,7 @@ def main(argv=None):
     invs, times = {}, {}
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        mm.load_models_gpu([m])
+        load_for_sampling(m)
         base_gpu = torch.cuda.memory_allocated()
     for method in (("null_text",) if args.memory_only else ("ddim", "negative_prompt", "null_text")):
         reps = 1 if (method == "null_text" and args.full_size) else args.repeats
@@ -191,8 +187,7 @@ def main(argv=None):
 
     def plain():
         x = inv.x_T.repeat(2, 1, 1, 1)
-        return comfy.sample.sample_custom(m, torch.zeros_like(x), 7.5, comfy.samplers.ksampler("euler"), sig.clone(),
-                                          pos, empty, x, disable_pbar=True, seed=0)
+        return core_sample(m, pos, empty, x, steps, 7.5, "euler", seed=0, noise=torch.zeros_like(x), sigmas=sig.clone())
 
     plain()  # warm-up
     _, t_plain = timed(plain)

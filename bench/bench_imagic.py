@@ -67,12 +67,12 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    from attention_edit.toyworld import editbench as eb
-    from attention_edit.toyworld import imagicbench as ib
-    from attention_edit.toyworld.imagicbench import mean
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.bench import editbench as eb
+    from attention_edit.bench import imagicbench as ib
+    from attention_edit.bench.imagicbench import mean
 
     tm = eb.load_model(args.weights)
     st = ib.ImagicSettings(steps=args.steps, cfg=args.cfg, emb_steps=args.emb_steps, emb_lr=args.emb_lr,

@@ -11,9 +11,9 @@ Stages (a few optimisation steps each, ``--steps``; every stage is called throug
 node calls, under ``torch.inference_mode()`` like ComfyUI's executor; each runs with gradient checkpointing off
 and on):
 
-  * Custom Diffusion (``training.custom_diffusion.train_custom_diffusion``): mode crossattn_kv (attn2 to_k/to_v
+  * Custom Diffusion (``nodes.training_nodes.custom_diffusion``): mode crossattn_kv (attn2 to_k/to_v
     deltas + the modifier token's embedding), batch 1, prior preservation with one class image;
-  * textual inversion (``training.textual_inversion.train_textual_inversion``): 1 vector, batch 1;
+  * textual inversion (``nodes.training_nodes.textual_inversion``): 1 vector, batch 1;
   * Imagic 1 (``training.imagic.encode_photo`` + ``optimize_embedding``): the text-embedding optimisation;
   * Imagic 2 (``training.imagic.finetune``): the low-rank adapter (mode lora, rank 8, the default) and full UNet
     fine-tuning (mode full, the paper's setting).
@@ -59,7 +59,7 @@ STAGE_KEYS = ("cd", "ti", "imagic1", "imagic2")
 
 def full_config():
     """The SD1.5 architecture (random weights) at 512 x 512."""
-    from attention_edit.models import sd1x
+    from attention_edit.comfy_bridge import models as sd1x
 
     return sd1x.SD1xConfig(name="sd15_random_full", image_size=512, model_channels=320, channel_mult=[1, 2, 4, 4],
                            num_res_blocks=2, attention_levels=[True, True, True, False], transformer_depth_middle=1,
@@ -69,7 +69,7 @@ def full_config():
 
 def build(tiny: bool):
     """(model, clip, vae, image_size, label). Built under inference mode, as a loader node builds it."""
-    from attention_edit.models import sd1x
+    from attention_edit.comfy_bridge import models as sd1x
 
     cfg, size = (sd1x.TINY_TEST, 64) if tiny else (full_config(), 512)
     with torch.inference_mode():
@@ -163,17 +163,17 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     elif not torch.cuda.is_available():
         torch.set_num_threads(1)
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    import comfy.model_management as mm
-
-    from attention_edit.testing.photos import photo
-    from attention_edit.training import custom_diffusion as cd
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.comfy_bridge import text
+    from attention_edit.headless.photos import photo
+    from attention_edit.nodes import imagic_nodes as imagic_glue
+    from attention_edit.nodes import training_nodes as training_glue
     from attention_edit.training import imagic as im
-    from attention_edit.training import textual_inversion as ti
 
-    device = mm.get_torch_device()
+    mm = host
+    device = host.torch_device()
     on_gpu = getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available()
     rss0 = _rss_mb()
     t = time.perf_counter()
@@ -201,7 +201,7 @@ def main(argv=None):
     class_image = photo("astronaut", size)  # a stand-in class picture (memory does not depend on its content)
     target_text = "a photo of a cat sitting with its mouth open"
     with torch.inference_mode():
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(target_text))
+        cond = text.encode(clip, target_text)
     meter = Meter(mm, [m, clip.patcher, vae.patcher], on_gpu)
     rows: list = []
     state: dict = {}
@@ -229,7 +229,7 @@ def main(argv=None):
         for g in gcs:
             stage("cd", "Custom Diffusion", f"crossattn_kv + modifier token, batch 1, prior preservation "
                                             f"(1 class image), {gc_name(g)}",
-                  lambda p, g=g: cd.train_custom_diffusion(
+                  lambda p, g=g: training_glue.custom_diffusion(
                       m, clip, vae, image, modifier_token="<v1>", class_noun="cat", initializer="ktn",
                       class_images=class_image, prior_loss_weight=1.0, mode="crossattn_kv", steps=steps,
                       batch_size=1, seed=0, resolution=size, augment=True, gradient_checkpointing=g, progress=p))
@@ -237,16 +237,14 @@ def main(argv=None):
     if "ti" in only:
         for g in gcs:
             stage("ti", "Textual inversion", f"1 vector, batch 1, {gc_name(g)}",
-                  lambda p, g=g: ti.train_textual_inversion(
+                  lambda p, g=g: training_glue.textual_inversion(
                       m, clip, vae, image, "zqbenchcat", "cat", num_vectors=1, steps=steps, batch_size=1, seed=0,
                       templates="object", resolution=size, gradient_checkpointing=g, progress=p))
 
     # ---- Imagic
     def imagic1(p, g):
-        e_tgt, pooled = im.target_embedding(cond, m)
-        latent = im.encode_photo(image, vae)
-        return im.optimize_embedding(m, latent, e_tgt, pooled, steps=steps, seed=0, gradient_checkpointing=g,
-                                     name="bench", progress=p)
+        return imagic_glue.optimize_embedding(m, vae, image, cond, "bench", steps=steps, seed=0,
+                                              gradient_checkpointing=g, progress=p)
 
     if "imagic1" in only:
         for g in gcs:
@@ -262,16 +260,18 @@ def main(argv=None):
             except Exception as exc:  # noqa: BLE001
                 print(f"(Imagic 1 failed: {type(exc).__name__}: {exc}; Imagic 2 starts from e_opt = e_tgt)")
                 with torch.inference_mode():
-                    e_tgt, pooled = im.target_embedding(cond, m)
-                    state["stage1"] = im.Imagic(e_tgt, e_tgt.clone(), im.encode_photo(image, vae), pooled)
+                    e_tgt, pooled = im.target_embedding(cond)
+                    from attention_edit.comfy_bridge.training import encode_image
+
+                    state["stage1"] = im.Imagic(e_tgt, e_tgt.clone(), encode_image(vae, image[..., :3]), pooled)
             _cleanup(mm)
         s1 = state["stage1"]
         for mode, what in (("lora", f"LoRA rank {args.rank} on every UNet linear/conv weight"),
                            ("full", "full UNet (a float32 delta per parameter)")):
             for g in gcs:
                 stage("imagic2", "Imagic 2: fine-tune", f"{mode}: {what}, {gc_name(g)}",
-                      lambda p, g=g, mode=mode: im.finetune(m, s1, mode=mode, rank=args.rank, steps=steps, seed=0,
-                                                            gradient_checkpointing=g, progress=p))
+                      lambda p, g=g, mode=mode: imagic_glue.finetune(m, s1, mode=mode, rank=args.rank, steps=steps,
+                                                                     seed=0, gradient_checkpointing=g, progress=p))
 
     _print_table(rows, header)
     if args.json:

@@ -49,10 +49,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    import comfy.cli_args
+    from attention_edit.comfy_bridge import host
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    from attention_edit.toyworld import editbench as eb
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.bench import editbench as eb
 
     tm = eb.load_model(args.weights)
     st = eb.Settings(steps=args.steps, num_inner_steps=args.inner)

@@ -1,7 +1,8 @@
 """Inversion of real images: DDIM inversion, null-text inversion and negative-prompt inversion.
 
-The loops take a ``Denoiser`` (sampling/engine.py) and plain tensors; ``invert`` runs them inside ComfyUI's
-sampler and returns an ``Inversion``, the value nodes pass on so that one inversion serves many edits.
+The loops take a ``Denoiser`` (inversion/protocol.py) and plain tensors; ``invert`` runs them through a
+``LoopRunner`` (comfy_bridge/sampling.py runs them inside ComfyUI's sampler) and returns an ``Inversion``, the value
+nodes pass on so that one inversion serves many edits. Nothing here imports ComfyUI.
 
 Sources:
   * DDIM inversion: Song et al., DDIM (2021), Eq. 12 run backwards; Mokady et al., "Null-text Inversion for
@@ -21,7 +22,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..sampling.engine import Denoiser, ddim_step, make_trainable, run_loop, throw_if_interrupted
+from .ddim import ddim_step, to_vp
+from .protocol import Denoiser, LoopRunner
 
 METHODS = ("null_text", "negative_prompt", "ddim")
 
@@ -69,11 +71,6 @@ class Inversion:
                              f"is for latent {tuple(latent_shape[-2:])}; invert the image at the size you edit")
 
 
-def _vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """VE latent -> VP latent (x * sqrt(alpha_bar)); the reference measures the null-text loss in VP space."""
-    return x / (1.0 + float(sigma) ** 2) ** 0.5
-
-
 def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, cond_emb: torch.Tensor,
                         progress: Optional[Callable[[int, int], None]] = None) -> list:
     """DDIM inversion with the conditional embedding only (guidance 1), stepping like the reference.
@@ -90,7 +87,7 @@ def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, c
     xs = [x0]
     x = x0
     for k in range(N, 0, -1):
-        throw_if_interrupted()
+        den.check_interrupt()
         s_a = max(float(sigmas[k]), den.sigma_min)
         s_b = float(sigmas[k - 1])
         x_in = x * ((1.0 + s_b ** 2) / (1.0 + s_a ** 2)) ** 0.5
@@ -122,7 +119,7 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
     nulls, losses = [], []
     for i in range(N):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        target = _vp(trajectory[N - i - 1], s_next)
+        target = to_vp(trajectory[N - i - 1], s_next)
         with torch.no_grad():
             c, _ = den.denoise(x, s, cond_emb, None)
         uncond = uncond.detach().clone().requires_grad_(True)
@@ -130,10 +127,10 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
         threshold = early_stop_epsilon + 1e-3 * i / N
         step_losses = []
         for _ in range(num_inner_steps):
-            throw_if_interrupted()
+            den.check_interrupt()
             _, u = den.denoise(x, s, None, uncond)
             x_prev = ddim_step(x, den.cfg(c, u, x, s, guidance_scale), s, s_next)
-            loss = F.mse_loss(_vp(x_prev, s_next), target)
+            loss = F.mse_loss(to_vp(x_prev, s_next), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,12 +148,14 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
     return nulls, losses
 
 
-def invert(model_patcher, latent: torch.Tensor, source_cond: list, empty_cond: list, sigmas: torch.Tensor,
+def invert(runner: LoopRunner, latent: torch.Tensor, source_cond: list, empty_cond: list, sigmas: torch.Tensor,
            method: str = "null_text", guidance_scale: float = 7.5, num_inner_steps: int = 10,
            early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, source_prompt: str = "",
            scheduler: str = "", progress: Optional[Callable[[int, int], None]] = None) -> Inversion:
-    """Inverts one image. latent: [1, C, H, W] (LATENT scale, from VAEEncode); source_cond / empty_cond:
-    CONDITIONING of the source prompt and of the empty prompt; sigmas: [N + 1] descending schedule.
+    """Inverts one image. runner: runs the loops in the host's sampler with the model to invert with
+    (comfy_bridge.sampling.runner(model, source_cond)); latent: [1, C, H, W] (LATENT scale, from VAEEncode);
+    source_cond / empty_cond: CONDITIONING of the source prompt and of the empty prompt ([[emb [1, T, D], extras]]);
+    sigmas: [N + 1] descending schedule.
 
     Raises ValueError for an unknown method, a batch of several images, or a schedule of fewer than 1 step.
     Progress is reported through ``progress(done, total)``; interruption (ComfyUI /interrupt) is checked at
@@ -183,7 +182,7 @@ def invert(model_patcher, latent: torch.Tensor, source_cond: list, empty_cond: l
         N = len(s) - 1
         if method == "null_text":
             with torch.inference_mode(False), torch.enable_grad():
-                make_trainable(den.guider.model_patcher)
+                den.enable_grad()
                 traj = [t.clone() for t in traj]
                 nulls, losses = null_text_loop(
                     den, traj, s, ce.clone(), ee.clone(), guidance_scale, num_inner_steps, early_stop_epsilon,
@@ -198,7 +197,7 @@ def invert(model_patcher, latent: torch.Tensor, source_cond: list, empty_cond: l
         return traj[-1]
 
     with torch.inference_mode(False):
-        x_T = run_loop(model_patcher, source_cond, latent.detach().clone(), sigmas.clone(), loop)
+        x_T = runner.run(loop, latent.detach().clone(), sigmas.clone())
     return Inversion(x_T=x_T.detach().cpu(), sigmas=sigmas.cpu(), source_prompt=source_prompt,
                      source_cond=source_cond, uncond=result["uncond"], guidance_scale=float(guidance_scale),
                      method=method, latent=latent.detach().cpu(), losses=result["losses"], scheduler=scheduler)

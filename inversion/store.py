@@ -1,64 +1,79 @@
-"""Saving and loading an Inversion as one safetensors file (no pickle), written atomically.
+"""The inversion file format (tensors only; the bridge's comfy_bridge.files writes and reads the file).
 
-Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, 77, D] (per-step unconditional
-embeddings), ``latent`` [1, C, H, W], ``source_emb`` [1, 77, D] and, when the text encoder gave one,
+Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, T, D] (per-step unconditional
+embeddings), ``latent`` [1, C, H, W], ``source_emb`` [1, T, D] and, when the text encoder gave one,
 ``source_pooled``; metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .core import Inversion
+from .core import METHODS, Inversion
 
 FORMAT = "attention_edit.inversion/1"
+REQUIRED = ("x_T", "sigmas", "uncond", "latent", "source_emb")
 
 
-def save_inversion(path: str, inv: Inversion) -> str:
-    """Writes ``inv`` to ``path`` (a temp file in the same folder, then os.replace: never a half-written file)."""
+def to_file(inv: Inversion) -> tuple:
+    """(tensors, metadata) of an inversion, for comfy_bridge.files.save_safetensors."""
     emb, extras = inv.source_cond[0][0], inv.source_cond[0][1]
-    tensors = {
-        "x_T": inv.x_T.float().contiguous(),
-        "sigmas": inv.sigmas.float().contiguous(),
-        "uncond": torch.cat([u.reshape(1, *u.shape[-2:]).float() for u in inv.uncond]).contiguous(),
-        "latent": inv.latent.float().contiguous(),
-        "source_emb": emb.detach().cpu().float().contiguous(),
-    }
-    if extras.get("pooled_output") is not None:
-        tensors["source_pooled"] = extras["pooled_output"].detach().cpu().float().contiguous()
+    with torch.inference_mode(False):
+        tensors = {
+            "x_T": inv.x_T.float().contiguous(),
+            "sigmas": inv.sigmas.float().contiguous(),
+            "uncond": torch.cat([u.reshape(1, *u.shape[-2:]).float() for u in inv.uncond]).contiguous(),
+            "latent": inv.latent.float().contiguous(),
+            "source_emb": emb.detach().cpu().float().contiguous(),
+        }
+        if extras.get("pooled_output") is not None:
+            tensors["source_pooled"] = extras["pooled_output"].detach().cpu().float().contiguous()
     meta = {"format": FORMAT, "source_prompt": inv.source_prompt, "method": inv.method,
             "guidance_scale": repr(inv.guidance_scale), "scheduler": inv.scheduler,
             "losses": json.dumps(inv.losses)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
-    os.close(fd)
+    return tensors, meta
+
+
+def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
+    """The Inversion of a file's (tensors, metadata). ValueError naming the file and what is wrong when it is not
+    an inversion of this pack, misses tensors, or its tensors do not fit together."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{name} is not an Attention Edit inversion file (format {meta.get('format')!r}); save "
+                         "one with the Save Inversion node")
+    missing = [k for k in REQUIRED if k not in tensors]
+    if missing:
+        raise ValueError(f"{name} has the inversion metadata but lacks the tensor(s) {', '.join(missing)}: it is "
+                         "incomplete or was edited; run Invert Image and Save Inversion again")
+    x_T, sigmas, uncond = tensors["x_T"], tensors["sigmas"], tensors["uncond"]
+    problems = []
+    if x_T.ndim != 4 or x_T.shape[0] != 1:
+        problems.append(f"x_T has shape {list(x_T.shape)}, expected [1, C, H, W]")
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        problems.append(f"sigmas has shape {list(sigmas.shape)}, expected [steps + 1]")
+    elif uncond.ndim != 3 or uncond.shape[0] != len(sigmas) - 1:
+        problems.append(f"uncond has shape {list(uncond.shape)}, expected [{len(sigmas) - 1}, tokens, width]")
+    if tensors["latent"].shape != x_T.shape:
+        problems.append(f"latent {list(tensors['latent'].shape)} and x_T {list(x_T.shape)} differ in shape")
+    method = meta.get("method", "")
+    if method not in METHODS:
+        problems.append(f"unknown method {method!r}")
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_inversion(path: str) -> Inversion:
-    """Reads a file written by save_inversion. Raises ValueError for a file that is not an inversion."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no inversion file at {path!r}")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path!r} is not an Attention Edit inversion file (format {meta.get('format')!r}); "
-                             "save one with the Save Inversion node")
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    extras = {"pooled_output": t["source_pooled"]} if "source_pooled" in t else {}
-    return Inversion(x_T=t["x_T"], sigmas=t["sigmas"], source_prompt=meta["source_prompt"],
-                     source_cond=[[t["source_emb"], extras]], uncond=[u[None] for u in t["uncond"]],
-                     guidance_scale=float(meta["guidance_scale"]), method=meta["method"], latent=t["latent"],
-                     losses=json.loads(meta.get("losses", "[]")), scheduler=meta.get("scheduler", ""))
+        scale = float(meta.get("guidance_scale", "nan"))
+    except ValueError:
+        scale = float("nan")
+    if not math.isfinite(scale):
+        problems.append(f"guidance_scale {meta.get('guidance_scale')!r} is not a finite number")
+    if problems:
+        raise ValueError(f"{name} is not a usable inversion: {'; '.join(problems)}; run Invert Image and Save "
+                         "Inversion again")
+    try:
+        losses = json.loads(meta.get("losses", "[]"))
+    except ValueError:
+        losses = []
+    extras = {"pooled_output": tensors["source_pooled"]} if "source_pooled" in tensors else {}
+    return Inversion(x_T=x_T, sigmas=sigmas, source_prompt=meta.get("source_prompt", ""),
+                     source_cond=[[tensors["source_emb"], extras]], uncond=[u[None] for u in uncond],
+                     guidance_scale=scale, method=method, latent=tensors["latent"], losses=losses,
+                     scheduler=meta.get("scheduler", ""))

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from ..attention import adapedit
 from ..attention.recipe import DPSSpec, fwt_schedule
-from .common import CATEGORY, AttentionMaps, P2PEdit
+from .common import CATEGORY, AttentionMaps, P2PEdit, finite
 
 CAT = f"{CATEGORY}/adapedit"
 
@@ -74,6 +74,7 @@ class AE_AdapEditFWT(io.ComfyNode):
     @classmethod
     def execute(cls, attention, clip, enabled, prompt_index, lambda_tau, alpha_m, pixel_mask,
                 default) -> io.NodeOutput:
+        finite("AdapEdit FWT", lambda_tau=lambda_tau, alpha_m=alpha_m, default=default)
         if attention.store is None:
             raise ValueError("the Edit Sampler ran without an edit: connect a Prompt-to-Prompt Edit to it")
         if not 1 <= prompt_index < len(attention.prompts):
@@ -123,6 +124,7 @@ class AE_AdapEditDPS(io.ComfyNode):
 
     @classmethod
     def execute(cls, edit, enabled, lambda_s, lambda_sv, alpha_m, pixel_mask) -> io.NodeOutput:
+        finite("AdapEdit DPS", lambda_s=lambda_s, lambda_sv=lambda_sv, alpha_m=alpha_m)
         if not enabled:
             return io.NodeOutput(edit)
         return io.NodeOutput(edit.with_dps(DPSSpec(lambda_s=lambda_s, lambda_sv=lambda_sv, alpha_m=alpha_m,

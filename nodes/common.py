@@ -1,14 +1,16 @@
-"""Shared glue for the pack's nodes: custom types, categories, prompt encoding, progress."""
+"""Shared glue for the pack's nodes: custom types, categories, prompt encoding, progress, file-combo helpers."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from comfy_api.latest import io
 
-import comfy.utils
-
 from ..attention import align
+from ..comfy_bridge import files
+from ..comfy_bridge import text as bridge_text
+from ..comfy_bridge.progress import Progress  # noqa: F401  (re-exported for the node modules)
 
 CATEGORY = "attention_edit"
 
@@ -37,13 +39,13 @@ def encode(clip, prompt: str, what: str = "prompt"):
     """CONDITIONING of ``prompt``; refuses empty and over-long prompts with a clear message."""
     if clip is None:
         raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
-    if not prompt.strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"the {what} is empty; type a prompt that describes the image")
     n = align.token_count(clip.tokenizer, prompt)
     if n > align.MAX_PROMPT_TOKENS:
         raise ValueError(f"the {what} is {n} CLIP tokens long; Prompt-to-Prompt needs at most "
                          f"{align.MAX_PROMPT_TOKENS} (one 77-token chunk): shorten it")
-    return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    return bridge_text.encode(clip, prompt)
 
 
 def token_strings(clip, prompt: str) -> list:
@@ -51,42 +53,34 @@ def token_strings(clip, prompt: str) -> list:
     return align.token_labels(clip.tokenizer, prompt)
 
 
-class Progress:
-    """Progress reporting through ComfyUI's ProgressBar (which also stops the run on /interrupt)."""
+def finite(node: str, **values) -> None:
+    """ValueError naming the node and the input when a float input is NaN or infinite (ComfyUI's min/max check
+    lets them through)."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{node}: the input '{name}' must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{node}: the input '{name}' is {v}; give a finite number (within the widget's range)")
 
-    def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(total)
 
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.update_absolute(done, total)
+def check_finite_latent(node: str, what: str, x: torch.Tensor) -> torch.Tensor:
+    """Stops a run whose result is not finite, naming the node and the input to look at."""
+    if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        frac = float((~torch.isfinite(x)).float().mean())
+        raise ValueError(f"{node} produced a latent that is {frac:.0%} NaN/infinite; {what}")
+    return x
 
 
 def register_model_folder(name: str, extensions) -> str:
-    """Registers models/<name> with folder_paths (keeping paths already configured, e.g. by
-    extra_model_paths.yaml; adding ``extensions``) and returns its default path."""
-    import os
-
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, name)
-    paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.insert(0, default)
-    folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
-    return default
+    return files.register_model_folder(name, extensions)
 
 
 def model_file_path(folder: str, name: str, none_marker: str, hint: str) -> str:
-    """Full path of ``name`` in the registered model folder ``folder``; ValueError naming the folder and ``hint``
-    (how to make such a file) when it is missing or is the combo's ``none_marker``."""
-    import folder_paths
-
-    path = folder_paths.get_full_path(folder, name) if name and name != none_marker else None
-    if path is None:
-        where = folder_paths.get_folder_paths(folder)[0]
-        raise ValueError(f"no file {name!r} in {where}; {hint}, then refresh the node list")
-    return path
+    return files.model_file_path(folder, name, none_marker, hint)
 
 
 def latent_samples(latent: dict) -> torch.Tensor:

@@ -5,9 +5,9 @@ from comfy_api.latest import io, ui
 
 from ..attention import align
 from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
-from ..sampling.edit import edit as run_edit
-from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress, encode,
-                     latent_samples, token_strings)
+from ..comfy_bridge import sampling as bridge_sampling
+from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress, check_finite_latent,
+                     encode, finite, latent_samples, token_strings)
 
 
 RESOLUTIONS = ("1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)", "1/8 (8x8 at 512px)", "full")
@@ -128,6 +128,7 @@ class AE_P2PLocalBlend(io.ComfyNode):
     @classmethod
     def execute(cls, edit, source_words, target_words, use, threshold, start,
                 mask_resolution=None) -> io.NodeOutput:
+        finite("Prompt-to-Prompt Local Blend", threshold=threshold, start=start)
         lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
                             use=use, threshold=threshold, start=start,
                             downscale=_downscale(mask_resolution or RESOLUTIONS[0]))
@@ -167,26 +168,37 @@ class AE_P2PEditSampler(io.ComfyNode):
     def execute(cls, model, clip, inversion, edit=None, steps=0, latent=None) -> io.NodeOutput:
         inversion.check_compatible(steps=steps or None,
                                    latent_shape=latent_samples(latent).shape if latent is not None else None)
-        N = inversion.steps
-        controller = None
-        conds = []
-        prompts = [inversion.source_prompt]
-        if edit is not None:
-            controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N)
-            conds = [encode(clip, p, "edited prompt") for p in edit.target_prompts]
-            prompts += list(edit.target_prompts)
-        out = run_edit(model, inversion, conds, controller, progress=Progress(N))
-        spatial = []
-        for e in (controller.edits if controller else []):
-            rec = e.dps.record if e.dps is not None else {}
-            hw = max(rec, key=lambda r: r[0] * r[1]) if rec else None
-            spatial.append(e.dps.mean_map(hw) if hw else None)
-        maps = AttentionMapsValue(store=controller.store if controller else None, prompts=prompts,
-                                  tokens=[token_strings(clip, p) for p in prompts],
-                                  keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
-                                  spatial=spatial)
+        out, maps = run_edit(model, clip, inversion, edit, progress=Progress(inversion.steps))
         return io.NodeOutput({"samples": out}, {"samples": out[:1].clone()},
                              {"samples": out[1:].clone() if out.shape[0] > 1 else out[:1].clone()}, maps)
+
+
+def run_edit(model, clip, inversion, edit=None, progress=None):
+    """Glue of the Edit Sampler: builds the controller of ``edit`` (an EditSpec, or None for the reconstruction
+    only), encodes the edited prompts and replays the inversion in ComfyUI's sampler with the controller on a
+    clone of ``model``. Returns (latents [1 + edits, C, H, W]: the reconstruction first, AttentionMapsValue)."""
+    N = inversion.steps
+    controller = None
+    conds = []
+    prompts = [inversion.source_prompt]
+    if edit is not None:
+        controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N)
+        conds = [encode(clip, p, "edited prompt") for p in edit.target_prompts]
+        prompts += list(edit.target_prompts)
+    out = bridge_sampling.edit(model, inversion, conds, controller, progress=progress)
+    check_finite_latent("Prompt-to-Prompt Edit Sampler", "check the inversion (Load Inversion / Invert Image) and "
+                        "the edit's equalizer factors", out)
+    spatial = []
+    for e in (controller.edits if controller else []):
+        dps = getattr(e, "dps", None)
+        rec = dps.record if dps is not None else {}
+        hw = max(rec, key=lambda r: r[0] * r[1]) if rec else None
+        spatial.append(dps.mean_map(hw) if hw else None)
+    maps = AttentionMapsValue(store=controller.store if controller else None, prompts=prompts,
+                              tokens=[token_strings(clip, p) for p in prompts],
+                              keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
+                              spatial=spatial)
+    return out, maps
 
 
 class AE_AttentionMapPreview(io.ComfyNode):

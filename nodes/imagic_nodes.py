@@ -16,9 +16,14 @@ import os
 
 from comfy_api.latest import io, ui
 
+from ..comfy_bridge import files
+from ..comfy_bridge import progress as bridge_progress
+from ..comfy_bridge import sampling as bridge_sampling
+from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
-from ..training.common import TrainingInterrupted, file_in_folder, loss_plot, validate_name
-from .common import CATEGORY, Progress, model_file_path, register_model_folder
+from ..training.common import loss_plot
+from ..training.fit import TrainingInterrupted
+from .common import CATEGORY, Progress, finite, model_file_path, register_model_folder
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -36,22 +41,14 @@ register_imagic_folder()
 
 
 def imagic_dir() -> str:
-    import folder_paths
-
     register_imagic_folder()
-    return folder_paths.get_folder_paths(IMAGIC_FOLDER)[0]
+    return files.folder_path(IMAGIC_FOLDER)
 
 
 def _imagic_files() -> list:
-    import folder_paths
-
     register_imagic_folder()
-    try:
-        files = folder_paths.get_filename_list(IMAGIC_FOLDER)
-    except Exception:
-        files = []
-    files = [f for f in files if not os.path.basename(f).startswith(".")]
-    return files or [NONE_YET]
+    names = [f for f in files.folder_files(IMAGIC_FOLDER) if not os.path.basename(f).startswith(".")]
+    return names or [NONE_YET]
 
 
 def _imagic_path(name: str) -> str:
@@ -60,8 +57,79 @@ def _imagic_path(name: str) -> str:
 
 
 def _save(result: im.Imagic, name: str) -> str:
-    folder = imagic_dir()
-    return im.save_imagic(folder, result, name)
+    name = files.validate_name(name or result.name, "Imagic name")
+    path = files.file_in_folder(imagic_dir(), name + ".safetensors")
+    return files.save_safetensors(path, *im.imagic_file(result, name))
+
+
+def load_imagic(path: str) -> im.Imagic:
+    """The Imagic result in ``path`` (read through comfy_bridge.files: clear errors for damaged files)."""
+    tensors, meta = files.read_safetensors(path, "Imagic file")
+    return im.imagic_from_file(tensors, meta, f"the Imagic file {os.path.basename(path)!r}")
+
+
+def _photo_latent(model, vae, image):
+    img = im.check_photo(image, bridge_training.vae_factor(vae))
+    if vae is None:
+        raise ValueError("no VAE was connected: connect the VAE of the checkpoint")
+    latent = bridge_training.encode_image(vae, img)
+    im.check_latent_channels(latent, bridge_sampling.latent_channels(model))
+    return latent
+
+
+def optimize_embedding(model, vae, image, target, name: str = "imagic", steps: int = 500, learning_rate: float = 1e-3,
+                       seed: int = 0, gradient_checkpointing: bool = False, progress=None) -> im.Imagic:
+    """Glue of Imagic 1: checks and encodes the photo and the target, trains e_opt on a clone of ``model``."""
+    if image is None:
+        raise ValueError("no photo was connected: Imagic edits one photo (Load Image)")
+    e_tgt, pooled = im.target_embedding(target, bridge_training.context_dim(model))
+    latent = _photo_latent(model, vae, image)
+    x0 = bridge_training.model_latent(model, latent)
+    mp = bridge_training.training_clone(model)
+    with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
+        return im.optimize_embedding(sess, x0, latent, e_tgt, pooled, steps=steps, learning_rate=learning_rate,
+                                     seed=seed, name=name, progress=progress)
+
+
+def finetune(model, imagic, mode: str = "lora", rank: int = 8, steps: int = 500, learning_rate=None, seed: int = 0,
+             gradient_checkpointing: bool = False, progress=None) -> im.Imagic:
+    """Glue of Imagic 2: trainable LoRA adapters (or deltas) on a clone of ``model``, then the fine-tuning."""
+    if not im.is_imagic(imagic):
+        raise ValueError("connect the IMAGIC output of 'Imagic 1: Optimise Embedding' (or Load Imagic)")
+    im.finetune_learning_rate(mode, learning_rate)
+    if mode == "lora" and int(rank) < 1:
+        raise ValueError(f"the LoRA rank must be at least 1, got {rank}")
+    im.target_embedding([[imagic.e_opt, {}]], bridge_training.context_dim(model), "optimised embedding (e_opt)")
+    im.check_latent_channels(imagic.photo_latent, bridge_sampling.latent_channels(model))
+    x0 = bridge_training.model_latent(model, imagic.photo_latent)
+    keys = im.trained_keys(bridge_training.weight_keys(model), mode)
+    mp = bridge_training.training_clone(model)
+    if mode == "lora":
+        params, constants = bridge_training.add_lora_adapters(mp, model, keys, int(rank), seed)
+    else:
+        deltas = bridge_training.add_delta_wrappers(mp, model, keys)
+        params, constants = {im.file_key(k): v for k, v in deltas.items()}, {}
+    with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
+        return im.finetune(sess, x0, imagic, params, constants, mode=mode, rank=rank, steps=steps,
+                           learning_rate=learning_rate, seed=seed, progress=progress, trained_tensors=len(keys))
+
+
+def apply_imagic(model, imagic_or_unet, strength: float = 1.0, what: str = "the Imagic result"):
+    """A clone of ``model`` with the fine-tuned change as weight patches at ``strength`` (made by ComfyUI's LoRA
+    loader; ValueError naming the keys that do not fit). An embedding-only result gives a plain clone."""
+    unet = im.unet_tensors(imagic_or_unet)
+    if not unet:
+        return model.clone()
+    tensors = {k: v for k, v in unet.items() if not k.startswith(im.PREFIX)}
+    patches = bridge_training.lora_patches(model, tensors)
+    im.check_patches(patches, unet, bridge_training.parameter_shapes(model), what)
+    return bridge_training.patched_clone(model, patches, strength)
+
+
+def _interrupted(stop: TrainingInterrupted, key: str, name: str):
+    if stop.result.metadata.get(key, 0) > 0:
+        _save(stop.result, name)
+    return bridge_progress.interrupted_error(str(stop))
 
 
 _ETA_TOOLTIP = ("eta = 1 is the plain target text, eta = 0 the optimised embedding, which the fine-tuned model "
@@ -115,18 +183,15 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, image, target, name, steps, learning_rate, seed,
                 gradient_checkpointing) -> io.NodeOutput:
-        name = validate_name(name, "name")
-        file_in_folder(imagic_dir(), name + ".safetensors")
-        e_tgt, pooled = im.target_embedding(target, model)
-        latent = im.encode_photo(image, vae)
+        finite("Imagic 1: Optimise Embedding", learning_rate=learning_rate)
+        name = files.validate_name(name, "name")
+        files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
-            res = im.optimize_embedding(model, latent, e_tgt, pooled, steps=steps, learning_rate=learning_rate,
-                                        seed=seed, gradient_checkpointing=gradient_checkpointing, name=name,
-                                        progress=Progress(int(steps)))
+            res = optimize_embedding(model, vae, image, target, name, steps=steps, learning_rate=learning_rate,
+                                     seed=seed, gradient_checkpointing=gradient_checkpointing,
+                                     progress=Progress(int(steps)))
         except TrainingInterrupted as stop:
-            if stop.result.metadata.get("embedding.steps_done", 0) > 0:
-                _save(stop.result, name)
-            raise
+            raise _interrupted(stop, "embedding.steps_done", name) from None
         path = _save(res, name)
         m, d = res.metadata, res.distance()
         plot = loss_plot(res.embedding_losses, f"Imagic embedding '{name}': probe loss "
@@ -194,17 +259,16 @@ class AE_ImagicFineTune(io.ComfyNode):
                 name="") -> io.NodeOutput:
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
-        name = validate_name((name or "").strip() or imagic.name or "imagic", "name")
-        file_in_folder(imagic_dir(), name + ".safetensors")
+        finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
+        name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
+        files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
-            res = im.finetune(model, imagic, mode=train, rank=rank, steps=steps, learning_rate=learning_rate,
-                              seed=seed, gradient_checkpointing=gradient_checkpointing, progress=Progress(int(steps)))
+            res = finetune(model, imagic, mode=train, rank=rank, steps=steps, learning_rate=learning_rate,
+                           seed=seed, gradient_checkpointing=gradient_checkpointing, progress=Progress(int(steps)))
         except TrainingInterrupted as stop:
-            if stop.result.metadata.get("finetune.steps_done", 0) > 0:
-                _save(stop.result, name)
-            raise
+            raise _interrupted(stop, "finetune.steps_done", name) from None
         path = _save(res, name)
-        out = im.apply_imagic(model, res)
+        out = apply_imagic(model, res)
         m = res.metadata
         plot = loss_plot(res.finetune_losses, f"Imagic fine-tuning ({train}) '{name}': probe loss "
                                               f"{m['finetune.probe_loss_before']:.4f} -> "
@@ -237,6 +301,7 @@ class AE_ImagicInterpolate(io.ComfyNode):
 
     @classmethod
     def execute(cls, imagic, eta, target=None) -> io.NodeOutput:
+        finite("Imagic 3: Interpolate", eta=eta)
         return io.NodeOutput(im.conditioning(imagic, eta, target))
 
 
@@ -333,9 +398,10 @@ class AE_ImagicLoad(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, imagic_file, strength) -> io.NodeOutput:
-        res = im.load_imagic(_imagic_path(imagic_file))
-        im.target_embedding([[res.e_opt, {}]], model, f"embedding in {imagic_file!r}")
-        out = im.apply_imagic(model, res, strength, what=f"Imagic file {imagic_file!r}")
+        finite("Load Imagic", strength=strength)
+        res = load_imagic(_imagic_path(imagic_file))
+        im.target_embedding([[res.e_opt, {}]], bridge_training.context_dim(model), f"embedding in {imagic_file!r}")
+        out = apply_imagic(model, res, strength, what=f"Imagic file {imagic_file!r}")
         return io.NodeOutput(out, res, res.stage)
 
 

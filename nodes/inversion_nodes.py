@@ -5,10 +5,13 @@ import os
 
 from comfy_api.latest import io
 
-from ..inversion.core import METHODS, invert
-from ..inversion.store import load_inversion, save_inversion
-from ..sampling.engine import P2P_DDIM, replay_schedule, schedule_names
-from .common import CATEGORY, Inversion, Progress, encode, latent_samples
+from ..comfy_bridge import files
+from ..comfy_bridge import sampling as bridge_sampling
+from ..comfy_bridge import text as bridge_text
+from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
+from ..inversion import store
+from ..inversion.core import METHODS
+from .common import CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples
 
 
 class AE_InvertImage(io.ComfyNode):
@@ -64,23 +67,34 @@ class AE_InvertImage(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
                 early_stop_epsilon, learning_rate) -> io.NodeOutput:
+        finite("Invert Image", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
         x = latent_samples(latent)
-        src = encode(clip, source_prompt, "source prompt")
-        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        sigmas = replay_schedule(model, scheduler, steps)
-        total = steps * (2 if method == "null_text" else 1)
-        inv = invert(model, x, src, empty, sigmas, method=method, guidance_scale=cfg,
-                     num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
-                     learning_rate=learning_rate, source_prompt=source_prompt, scheduler=scheduler,
-                     progress=Progress(total))
+        inv = invert_image(model, clip, x, source_prompt, method=method, steps=steps, cfg=cfg, scheduler=scheduler,
+                           num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
+                           learning_rate=learning_rate,
+                           progress=Progress(steps * (2 if method == "null_text" else 1)))
         return io.NodeOutput(inv, {"samples": inv.x_T.clone()})
 
 
+def invert_image(model, clip, latent, source_prompt: str, method: str = "null_text", steps: int = 50,
+                 cfg: float = 7.5, scheduler: str = P2P_DDIM, num_inner_steps: int = 10,
+                 early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None):
+    """Glue of Invert Image: encodes the prompts, builds the schedule and runs ``inversion.core.invert`` in
+    ComfyUI's sampler. latent: [1, C, H, W] LATENT samples. Returns the Inversion; ValueError when the result is not
+    finite."""
+    src = encode(clip, source_prompt, "source prompt")
+    empty = bridge_text.encode(clip, "")
+    sigmas = replay_schedule(model, scheduler, steps)
+    inv = bridge_sampling.invert(model, latent, src, empty, sigmas, method=method, guidance_scale=cfg,
+                 num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
+                 learning_rate=learning_rate, source_prompt=source_prompt, scheduler=scheduler, progress=progress)
+    check_finite_latent("Invert Image", "check the model and the photo's latent (and lower the learning_rate)",
+                        inv.x_T)
+    return inv
+
 
 def _inversion_dir() -> str:
-    import folder_paths
-
-    return os.path.join(folder_paths.get_output_directory(), "inversions")
+    return files.output_subdir("inversions")
 
 
 def _inversion_files() -> list:
@@ -109,13 +123,14 @@ class AE_SaveInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion, filename_prefix) -> io.NodeOutput:
-        prefix = os.path.basename(filename_prefix.strip()) or "inversion"
+        prefix = files.safe_prefix(filename_prefix, "filename_prefix of Save Inversion", "inversion")
         d = _inversion_dir()
         os.makedirs(d, exist_ok=True)
         n = 1
         while os.path.exists(os.path.join(d, f"{prefix}_{n:05d}.safetensors")):
             n += 1
-        path = save_inversion(os.path.join(d, f"{prefix}_{n:05d}.safetensors"), inversion)
+        path = files.file_in_folder(d, f"{prefix}_{n:05d}.safetensors")
+        files.save_safetensors(path, *store.to_file(inversion))
         return io.NodeOutput(inversion, ui={"text": [os.path.basename(path)]})
 
 
@@ -143,7 +158,13 @@ class AE_LoadInversion(io.ComfyNode):
         if not os.path.isfile(path):
             raise ValueError(f"no saved inversion named {file!r} in {_inversion_dir()}; run a workflow with "
                              "Save Inversion first, then refresh the node list")
-        return io.NodeOutput(load_inversion(path))
+        return io.NodeOutput(load_inversion_file(path))
+
+
+def load_inversion_file(path: str):
+    """The Inversion in ``path`` (read through comfy_bridge.files: clear errors for damaged files)."""
+    tensors, meta = files.read_safetensors(path, "inversion file")
+    return store.from_file(tensors, meta, f"the inversion file {os.path.basename(path)!r}")
 
 
 NODES = [AE_InvertImage, AE_SaveInversion, AE_LoadInversion]

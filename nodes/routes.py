@@ -1,45 +1,57 @@
-"""HTTP routes for the web extension (web/js/attention_edit.js). Registered once, only under a running server."""
+"""The web extension's route (web/js/attention_edit.js): POST /attention_edit/align describes how each edited
+prompt aligns with the source prompt, for the live display on the Prompt-to-Prompt Edit node.
+
+Bounded work: the body is at most :data:`MAX_BODY_BYTES`, the target at most :data:`MAX_LINES` edited prompts and
+every prompt at most :data:`MAX_PROMPT_CHARS` characters (a 75-token CLIP prompt is far shorter); anything larger is
+refused with a message, and the alignment runs off ComfyUI's event loop (comfy_bridge.web)."""
 from __future__ import annotations
 
-import logging
+from ..comfy_bridge import text as bridge_text
+from ..comfy_bridge.web import register_json_route
 
-_registered = False
+ROUTE = "/attention_edit/align"
+MAX_BODY_BYTES = 64 * 1024
+MAX_LINES = 16
+MAX_PROMPT_CHARS = 2000
+MODES = ("auto", "replace", "refine")
+
+_state: dict = {"registered": False}
 
 
 def _tokenizer():
-    import comfy.sd1_clip
+    if "tok" not in _state:
+        _state["tok"] = bridge_text.route_tokenizer()
+    return _state["tok"]
 
-    return comfy.sd1_clip.SDTokenizer()  # the real CLIP-L tokenizer ComfyUI ships (comfy/sd1_tokenizer)
+
+def align_request(body) -> tuple:
+    """(status, response) for a request body {"source": str, "target": str, "mode"?: "auto"|"replace"|"refine"};
+    the response is {"edits": [describe_alignment(...) per non-empty target line]}. ValueError (a 400) for a body
+    that is not such an object, and 413 for over-long input."""
+    from ..attention.recipe import describe_alignment
+
+    if not isinstance(body, dict):
+        raise ValueError(f"send a JSON object {{\"source\": ..., \"target\": ...}}, not {type(body).__name__ if body is not None else 'null'}")
+    source, target, mode = body.get("source", ""), body.get("target", ""), body.get("mode", "auto")
+    for name, value in (("source", source), ("target", target), ("mode", mode)):
+        if not isinstance(value, str):
+            raise ValueError(f"'{name}' must be a string, got {type(value).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"'mode' must be one of {', '.join(MODES)}, got {mode[:40]!r}")
+    lines = [t.strip() for t in target.splitlines() if t.strip()] or [target]
+    if len(lines) > MAX_LINES:
+        return 413, {"error": f"the edited prompts have {len(lines)} lines; at most {MAX_LINES} are aligned (one edit "
+                              "per line)"}
+    for what, s in [("source prompt", source)] + [("edited prompt", t) for t in lines]:
+        if len(s) > MAX_PROMPT_CHARS:
+            return 413, {"error": f"the {what} is {len(s)} characters long; at most {MAX_PROMPT_CHARS} are aligned "
+                                  "(Prompt-to-Prompt needs prompts of at most 75 CLIP tokens)"}
+    tok = _tokenizer()
+    return 200, {"edits": [describe_alignment(tok, source, t, mode) for t in lines]}
 
 
 def register_routes() -> None:
-    """POST /attention_edit/align {"source", "target", "mode"?} -> describe_alignment(...) as JSON."""
-    global _registered
-    if _registered:
+    """Registers the route once, only under a running server."""
+    if _state["registered"]:
         return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-    if getattr(PromptServer, "instance", None) is None:
-        return
-    from ..attention.recipe import describe_alignment
-
-    tok_cache = {}
-
-    @PromptServer.instance.routes.post("/attention_edit/align")
-    async def align_route(request):
-        try:
-            body = await request.json()
-        except Exception:
-            return web.json_response({"error": "send JSON: {\"source\": ..., \"target\": ...}"}, status=400)
-        source, target = str(body.get("source", "")), str(body.get("target", ""))
-        mode = str(body.get("mode", "auto"))
-        if "tok" not in tok_cache:
-            tok_cache["tok"] = _tokenizer()
-        lines = [t.strip() for t in target.splitlines() if t.strip()] or [target]
-        return web.json_response({"edits": [describe_alignment(tok_cache["tok"], source, t, mode) for t in lines]})
-
-    _registered = True
-    logging.info("[attention_edit] registered POST /attention_edit/align")
+    _state["registered"] = register_json_route(ROUTE, align_request, MAX_BODY_BYTES)

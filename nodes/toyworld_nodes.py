@@ -6,7 +6,7 @@ import os
 
 from comfy_api.latest import io
 
-from ..models import sd1x
+from ..comfy_bridge import models as sd1x
 
 SHIPPED = "toyworld (shipped)"
 RANDOM = "random (untrained test model)"

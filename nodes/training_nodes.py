@@ -14,11 +14,15 @@ import os
 
 from comfy_api.latest import io, ui
 
+from ..comfy_bridge import files
+from ..comfy_bridge import progress as bridge_progress
+from ..comfy_bridge import text as bridge_text
+from ..comfy_bridge import training as bridge_training
 from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
-from ..training.common import (TEMPLATES, TrainingInterrupted, clip_with_embeddings, file_in_folder, loss_plot,
-                               validate_name)
-from .common import CATEGORY, Progress, model_file_path, register_model_folder
+from ..training.common import TEMPLATES, build_pool, collect_images, loss_plot, prepare_pixels
+from ..training.fit import TrainingInterrupted
+from .common import CATEGORY, Progress, finite, model_file_path, register_model_folder
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
 CONCEPTS = "attention_edit_concepts"
@@ -34,30 +38,21 @@ register_concept_folder()
 
 
 def concepts_dir() -> str:
-    import folder_paths
-
     register_concept_folder()
-    return folder_paths.get_folder_paths(CONCEPTS)[0]
+    return files.folder_path(CONCEPTS)
 
 
 def embeddings_dir() -> str:
-    import folder_paths
-
-    return folder_paths.get_folder_paths("embeddings")[0]
+    return files.embeddings_dir()
 
 
 def _concept_files() -> list:
-    import folder_paths
-
     register_concept_folder()
-    try:
-        files = folder_paths.get_filename_list(CONCEPTS)
-    except Exception:
-        files = []
+    names = files.folder_files(CONCEPTS)
     # diffusers token files (<new1>.safetensors) are read with the weights file next to them: list only that one
-    weights_dirs = {os.path.dirname(f) for f in files if os.path.basename(f) in (cd.DIFFUSERS_WEIGHTS_NAME,
+    weights_dirs = {os.path.dirname(f) for f in names if os.path.basename(f) in (cd.DIFFUSERS_WEIGHTS_NAME,
                                                                                "pytorch_custom_diffusion_weights.bin")}
-    keep = [f for f in files if not os.path.basename(f).startswith(".") and
+    keep = [f for f in names if not os.path.basename(f).startswith(".") and
             (os.path.dirname(f) not in weights_dirs or os.path.basename(f).startswith("pytorch_custom_diffusion"))]
     return keep or [NONE_YET]
 
@@ -73,6 +68,147 @@ def _one(x):
     if isinstance(x, list):
         return x[0] if x else None
     return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# glue: bridge (model, tokenizer, session, files) + the pure trainers in training/
+# --------------------------------------------------------------------------------------------------------------
+
+def _pixels(images, resolution, vae, what="reference images", size=None):
+    factor = bridge_training.vae_factor(vae)
+    return prepare_pixels(collect_images(images, what), 0 if size else int(resolution), multiple=factor, size=size)
+
+
+def _pool(pixels, vae, model, augment: str, variants: int, seed: int):
+    return build_pool(pixels, lambda px: bridge_training.encode_images(vae, model, px), augment, variants, seed)
+
+
+def textual_inversion(model, clip, vae, images, name: str, initializer: str, num_vectors: int = 1, steps: int = 1000,
+                      learning_rate: float = 5e-3, batch_size: int = 1, seed: int = 0, templates: str = "object",
+                      resolution: int = 512, gradient_checkpointing: bool = False, progress=None,
+                      weight_decay: float = 1e-2) -> ti.TIResult:
+    """Glue of Train Textual Inversion: checks the word, prepares and encodes the pictures once, and trains the
+    vectors (training.textual_inversion) in a session on a clone of ``model``. ``model``/``clip``/``vae`` are not
+    changed. Raises ValueError on bad input, TrainingInterrupted (with the best-so-far result) on interrupt."""
+    name = files.validate_name(name, "placeholder name")
+    bridge_text.check_new_token(clip, name, "placeholder name")
+    num_vectors = int(num_vectors)
+    if num_vectors < 1:
+        raise ValueError("num_vectors must be at least 1")
+    width = bridge_text.embedding_width(clip)
+    init = bridge_text.token_rows(clip, initializer, num_vectors)
+    pixels = _pixels(images, resolution, vae)
+    pool = _pool(pixels, vae, model, "flip", 2, seed)
+    enc = bridge_text.PromptEncoder(clip, name, num_vectors, width)
+    settings = dict(initializer=initializer, resolution=int(resolution), images=int(pixels.shape[0]),
+                    image_size=list(pixels.shape[-2:]))
+    mp = bridge_training.training_clone(model)
+    with bridge_training.TrainingSession(mp, enc.clip, gradient_checkpointing) as sess:
+        return ti.train_textual_inversion(sess, enc, pool, init, name, steps=steps, learning_rate=learning_rate,
+                                          batch_size=batch_size, seed=seed, templates=templates, progress=progress,
+                                          weight_decay=weight_decay, settings=settings)
+
+
+def save_embedding(folder: str, result: ti.TIResult) -> str:
+    path = files.file_in_folder(folder, files.validate_name(result.name, "embedding name") + ".safetensors")
+    return files.save_safetensors(path, *ti.embedding_file(result))
+
+
+def custom_diffusion(model, clip, vae, images, modifier_token: str = "<v1>", class_noun: str = "object",
+                     initializer: str = "ktn", class_images=None, prior_loss_weight: float = 1.0,
+                     mode: str = "crossattn_kv", steps: int = 500, learning_rate: float = 2e-5, batch_size: int = 2,
+                     seed: int = 0, resolution: int = 512, augment: bool = True, gradient_checkpointing: bool = False,
+                     progress=None, weight_decay: float = 1e-2, variants_per_image: int = 10) -> cd.CDResult:
+    """Glue of Train Custom Diffusion: checks the token, prepares and encodes the pictures (and class pictures)
+    once, wraps the trained weights of a clone of ``model`` as W + dW and trains them with the token
+    (training.custom_diffusion). Raises ValueError on bad input, TrainingInterrupted on interrupt."""
+    token = cd.validate_modifier_token(modifier_token)
+    bridge_text.check_new_token(clip, token, "modifier token")
+    keys = cd.trained_keys(bridge_training.parameter_shapes(model), mode)
+    width = bridge_text.embedding_width(clip)
+    init = bridge_text.token_rows(clip, initializer, 1)
+    pixels = _pixels(images, resolution, vae)
+    pool = _pool(pixels, vae, model, "rescale" if augment else "flip", variants_per_image, seed)
+    class_pool = None
+    if class_images is not None and (not isinstance(class_images, (list, tuple)) or len(class_images) > 0):
+        cpx = _pixels(class_images, 0, vae, "class images", size=tuple(pixels.shape[-2:]))
+        class_pool = _pool(cpx, vae, model, "flip", 2, seed + 1)
+    enc = bridge_text.PromptEncoder(clip, token, 1, width)
+    settings = dict(initializer=initializer, mode=mode, resolution=int(resolution), augment=bool(augment),
+                    images=int(pixels.shape[0]), image_size=list(pixels.shape[-2:]))
+    mp = bridge_training.training_clone(model)
+    deltas = bridge_training.add_delta_wrappers(mp, model, keys)
+    with bridge_training.TrainingSession(mp, enc.clip, gradient_checkpointing) as sess:
+        return cd.train_custom_diffusion(sess, enc, pool, deltas, init, token, class_noun, class_pool,
+                                         prior_loss_weight, steps=steps, learning_rate=learning_rate,
+                                         batch_size=batch_size, seed=seed, progress=progress,
+                                         weight_decay=weight_decay, settings=settings)
+
+
+def save_concept(folder: str, name: str, concept) -> str:
+    name = files.validate_name(name, "concept name")
+    tensors, meta = cd.concept_file(concept)
+    meta["name"] = name
+    return files.save_safetensors(files.file_in_folder(folder, name + ".safetensors"), tensors, meta)
+
+
+def load_concept(path: str) -> cd.Concept:
+    """A concept file in any supported format, read through comfy_bridge.files (one clear message for a missing,
+    empty, truncated, damaged or renamed file; NaN/inf tensors refused; .bin read with weights_only)."""
+    what = "concept file"
+    name = f"the concept file {os.path.basename(path)!r}"
+    low = path.lower()
+    if low.endswith(".safetensors"):
+        tensors, meta = files.read_safetensors(path, what)
+        token_files = []
+        if not meta.get("format") == cd.FORMAT:
+            token_files = _sibling_token_files(path)
+        concept = cd.concept_from_safetensors(tensors, meta, name, token_files)
+    elif low.endswith((".bin", ".pt", ".ckpt", ".pth")):
+        concept = cd.concept_from_torch(files.read_tensor_file(path, what), name, _sibling_token_files(path))
+    else:
+        raise ValueError(f"{name}: unsupported file type (use .safetensors, .bin, .pt or .ckpt)")
+    files.check_finite_tensors(concept.tokens, f"{name} (its modifier tokens)")
+    return concept
+
+
+def _sibling_token_files(path: str) -> list:
+    """The contents of the other .safetensors / .bin files next to a diffusers weights file (token files)."""
+    out = []
+    folder = os.path.dirname(path)
+    for f in sorted(os.listdir(folder)):
+        p = os.path.join(folder, f)
+        if p == path or not os.path.isfile(p) or not f.endswith((".safetensors", ".bin")):
+            continue
+        try:
+            out.append(files.read_safetensors(p, "token file", check_finite=False)[0] if f.endswith(".safetensors")
+                       else files.read_tensor_file(p, "token file", check_finite=False))
+        except ValueError:
+            continue
+    return [sd for sd in out if isinstance(sd, dict)]
+
+
+def resolve_concept(concept: cd.Concept, model, clip=None, what: str = "the concept file"):
+    """(deltas, tokens) of ``concept`` matched to ``model`` (and ``clip``'s token width)."""
+    width = bridge_text.embedding_width(clip) if clip is not None else None
+    return cd.resolve_concept(concept, bridge_training.UNetFacts(model), width, what)
+
+
+def apply_concept(model, clip, deltas: dict, tokens: dict, strength: float = 1.0):
+    """(MODEL clone with the deltas as ("diff", (dW,)) weight patches at ``strength``, CLIP clone whose tokenizer
+    knows the modifier tokens, bare in prompts or as ``embedding:<token>``). The inputs are unchanged."""
+    m = bridge_training.patched_clone(model, {k: ("diff", (v,)) for k, v in deltas.items()}, strength) \
+        if model is not None else None
+    c = bridge_text.clip_with_embeddings(clip, tokens, bare_words=True) if clip is not None else None
+    return m, c
+
+
+def export_diffusers(out_dir: str, model, deltas: dict, tokens: dict) -> list:
+    """Writes the diffusers format (training.custom_diffusion.diffusers_files) into ``out_dir``; returns the
+    paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    return [files.save_safetensors(files.file_in_folder(out_dir, fname), tensors)
+            for fname, tensors in cd.diffusers_files(bridge_training.UNetFacts(model), deltas, tokens)]
 
 
 class AE_TrainTextualInversion(io.ComfyNode):
@@ -137,24 +273,25 @@ class AE_TrainTextualInversion(io.ComfyNode):
     def execute(cls, model, clip, vae, images, name, initializer, num_vectors, steps, learning_rate, batch_size,
                 seed, templates, resolution, gradient_checkpointing) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
-        name = validate_name(_one(name), "name")
+        finite("Train Textual Inversion", learning_rate=_one(learning_rate))
+        name = files.validate_name(_one(name), "name")
         folder = embeddings_dir()
-        path = file_in_folder(folder, name + ".safetensors")
+        path = files.file_in_folder(folder, name + ".safetensors")
         steps = int(_one(steps))
         try:
-            res = ti.train_textual_inversion(
+            res = textual_inversion(
                 model, clip, vae, images, name, _one(initializer), num_vectors=_one(num_vectors), steps=steps,
                 learning_rate=_one(learning_rate), batch_size=_one(batch_size), seed=_one(seed),
                 templates=_one(templates), resolution=_one(resolution),
                 gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
         except TrainingInterrupted as stop:
             if stop.result.steps_done > 0:
-                ti.save_embedding(folder, stop.result)
-            raise
-        ti.save_embedding(folder, res)
+                save_embedding(folder, stop.result)
+            raise bridge_progress.interrupted_error(str(stop)) from None
+        save_embedding(folder, res)
         plot = loss_plot(res.losses, f"textual inversion '{name}': probe loss {res.probe_before:.4f} -> "
                                      f"{res.probe_after:.4f}")
-        out_clip = clip_with_embeddings(clip, extra_dirs=[folder])
+        out_clip = bridge_text.clip_with_embeddings(clip, extra_dirs=[folder])
         return io.NodeOutput(out_clip, f"embedding:{name}", path, plot, ui=ui.PreviewImage(plot, cls=cls))
 
 
@@ -232,12 +369,13 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
                 train, steps, learning_rate, batch_size, seed, resolution, augment, gradient_checkpointing,
                 class_images=None) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
-        name = validate_name(_one(name), "name")
+        finite("Train Custom Diffusion", learning_rate=_one(learning_rate), prior_loss_weight=_one(prior_loss_weight))
+        name = files.validate_name(_one(name), "name")
         folder = concepts_dir()
-        file_in_folder(folder, name + ".safetensors")
+        files.file_in_folder(folder, name + ".safetensors")
         steps = int(_one(steps))
         try:
-            res = cd.train_custom_diffusion(
+            res = custom_diffusion(
                 model, clip, vae, images, modifier_token=_one(modifier_token), class_noun=_one(class_noun),
                 initializer=_one(initializer), class_images=class_images,
                 prior_loss_weight=_one(prior_loss_weight), mode=_one(train), steps=steps,
@@ -246,10 +384,10 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
                 gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
         except TrainingInterrupted as stop:
             if stop.result.steps_done > 0:
-                cd.save_concept(folder, name, stop.result)
-            raise
-        path = cd.save_concept(folder, name, res)
-        m, c = cd.apply_concept(model, clip, res.deltas, res.tokens)
+                save_concept(folder, name, stop.result)
+            raise bridge_progress.interrupted_error(str(stop)) from None
+        path = save_concept(folder, name, res)
+        m, c = apply_concept(model, clip, res.deltas, res.tokens)
         plot = loss_plot(res.losses, f"custom diffusion '{name}': probe loss {res.probe_before:.4f} -> "
                                      f"{res.probe_after:.4f}")
         return io.NodeOutput(m, c, os.path.relpath(path, folder), plot, ui=ui.PreviewImage(plot, cls=cls))
@@ -291,10 +429,11 @@ class AE_LoadCustomDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concept, strength) -> io.NodeOutput:
+        finite("Load Custom Diffusion Concept", strength=strength)
         path = _concept_path(concept)
-        c = cd.load_concept(path)
-        deltas, tokens = cd.resolve_concept(c, model, clip, what=f"concept {concept!r}")
-        m, cl = cd.apply_concept(model, clip, deltas, tokens, strength)
+        c = load_concept(path)
+        deltas, tokens = resolve_concept(c, model, clip, what=f"concept {concept!r}")
+        m, cl = apply_concept(model, clip, deltas, tokens, strength)
         return io.NodeOutput(m, cl, ", ".join(tokens))
 
 
@@ -324,17 +463,53 @@ class AE_ExportCustomDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concept, folder) -> io.NodeOutput:
-        import folder_paths
-
         path = _concept_path(concept)
         stem = os.path.splitext(os.path.basename(concept))[0]
-        name = validate_name(folder.strip() or stem, "folder name")
-        root = os.path.join(folder_paths.get_output_directory(), "custom_diffusion")
-        out_dir = file_in_folder(root, name)
-        c = cd.load_concept(path)
-        deltas, tokens = cd.resolve_concept(c, model, None, what=f"concept {concept!r}")
-        cd.export_diffusers(out_dir, model, deltas, tokens)
+        name = files.validate_name(folder.strip() or stem, "folder name")
+        out_dir = files.file_in_folder(files.output_subdir("custom_diffusion"), name)
+        c = load_concept(path)
+        deltas, tokens = resolve_concept(c, model, None, what=f"concept {concept!r}")
+        export_diffusers(out_dir, model, deltas, tokens)
         return io.NodeOutput(out_dir, ui={"text": [out_dir]})
 
 
-NODES = [AE_TrainTextualInversion, AE_TrainCustomDiffusion, AE_LoadCustomDiffusion, AE_ExportCustomDiffusion]
+MAX_PICTURES = 8
+
+
+class AE_ReferencePictures(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_ReferencePictures",
+            display_name="Reference Pictures (Attention Edit)",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Collects the pictures of a concept for Train Textual Inversion / Train Custom Diffusion as a list: "
+                "pictures of different sizes stay as they are (the trainers centre-crop and resize each), where core "
+                "Image Batch would stretch them to the first one's size. Chain another one into 'more' for more "
+                f"than {MAX_PICTURES} pictures."),
+            is_input_list=True,
+            inputs=[io.Image.Input("image_1", tooltip="A picture of the concept (or a batch of them).")] +
+                   [io.Image.Input(f"image_{i}", optional=True, tooltip="Another picture of the concept.")
+                    for i in range(2, MAX_PICTURES + 1)] +
+                   [io.Image.Input("more", optional=True,
+                                   tooltip="The pictures of another Reference Pictures node, put first.")],
+            outputs=[io.Image.Output("images", is_output_list=True,
+                                     tooltip="The pictures, one IMAGE per picture, for the trainers' 'images'.")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, more=None, **others) -> io.NodeOutput:
+        pictures = []
+        for x in [more] + [image_1] + [others.get(f"image_{i}") for i in range(2, MAX_PICTURES + 1)]:
+            for item in (x or []):
+                if item is None:
+                    continue
+                pictures.extend(item[i:i + 1] for i in range(item.shape[0]))
+        if not pictures:
+            raise ValueError("no picture was connected: connect Load Image to image_1")
+        return io.NodeOutput(pictures)
+
+
+NODES = [AE_TrainTextualInversion, AE_TrainCustomDiffusion, AE_LoadCustomDiffusion, AE_ExportCustomDiffusion,
+         AE_ReferencePictures]

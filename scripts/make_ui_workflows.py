@@ -3,7 +3,7 @@
 ones (workflows/api/<name>.json, what POST /prompt takes and the runner executes), so the two never drift.
 
 The widget order, widget values and output slots come from the real /object_info of an in-process ComfyUI with
-this pack loaded (attention_edit.runner.ui_format). Usage::
+this pack loaded (attention_edit.headless.ui_format). Usage::
 
     python scripts/make_ui_workflows.py            # (re)writes workflows/*.json
     python scripts/make_ui_workflows.py --check    # exits 1 if a committed UI workflow is out of date
@@ -26,11 +26,11 @@ def dumps(obj) -> str:
 
 def generate() -> dict[str, str]:
     """{file name: UI JSON text} for every API workflow."""
-    from attention_edit.testing import comfy_env
+    from attention_edit.headless import host as comfy_env
 
     comfy_env.configure_cpu()
     comfy_env.init_comfy(threads=1)
-    from attention_edit.runner.ui_format import api_to_ui, object_info_for
+    from attention_edit.headless.ui_format import api_to_ui, object_info_for
 
     apis = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(API_DIR.glob("*.json"))}
     infos = object_info_for(list(apis.values()))

@@ -2,7 +2,7 @@
 """Loads a UI-format workflow (workflows/<name>.json) into the real ComfyUI frontend, headless, and saves a
 screenshot of the graph; also a smoke test that the frontend accepts the workflow.
 
-What it does: starts a real ComfyUI server with this pack installed (attention_edit.testing.server.ComfyServer,
+What it does: starts a real ComfyUI server with this pack installed (tests/support/server.py ComfyServer,
 CPU, temporary base directory), puts a placeholder checkpoint file and the sample cat photo where the workflow's
 combo widgets expect them (so the Load Checkpoint / Load Image widgets show valid values; nothing is executed),
 marks the frontend tutorial as completed (POST /settings/Comfy.TutorialCompleted, otherwise a templates dialog
@@ -71,7 +71,7 @@ def _workflow_path(name: str) -> Path:
 def _prepare_base_dir(base: Path, workflows: list[dict]) -> None:
     """Placeholder model files and input images named by the workflows' combo widgets, so that the frontend
     shows them as valid selections (nothing is executed, so empty model files are enough)."""
-    from attention_edit.testing.photos import photo_pil
+    from attention_edit.headless.photos import photo_pil
 
     for sub in ("custom_nodes", "input", "output", "temp", "user", "models/checkpoints"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from attention_edit.testing.server import ComfyServer
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.server import ComfyServer
 
     workflows = [json.loads(p.read_text()) for p, _ in jobs]
     reports = []

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from attention_edit.testing import comfy_env
+from support import comfy as comfy_env
 
 # ComfyUI reads args.cpu when comfy.model_management is first imported: set it before any test module
 # (or the code it imports) gets there.
@@ -41,7 +41,7 @@ def comfy(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def _cat64():
-    from attention_edit.testing.photos import photo
+    from attention_edit.headless.photos import photo
 
     return photo("cat", 64)
 
@@ -55,7 +55,7 @@ def photo(_cat64):
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A real ComfyUI server (main.py --cpu on a free loopback port) with this pack in custom_nodes/."""
-    from attention_edit.testing.server import ComfyServer
+    from support.server import ComfyServer
 
     with ComfyServer(tmp_path_factory.mktemp("comfy_server"), threads=THREADS or None) as srv:
         yield srv

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from attention_edit.toyworld import adapbench as ab
-from attention_edit.toyworld import editbench as eb
+from attention_edit.bench import adapbench as ab
+from attention_edit.bench import editbench as eb
 from attention_edit.toyworld import scenes
 
 ST = eb.Settings(steps=4, num_inner_steps=2)

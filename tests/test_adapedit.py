@@ -6,10 +6,10 @@ import torch
 
 from attention_edit.attention import adapedit
 from attention_edit.attention.recipe import DPSSpec, EditSpec, build_controller, fwt_schedule
-from attention_edit.inversion.core import invert
-from attention_edit.models.sd1x import TINY_TEST, build_sd1x
-from attention_edit.sampling.edit import edit
-from attention_edit.sampling.engine import replay_schedule
+from attention_edit.comfy_bridge.sampling import invert
+from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+from attention_edit.comfy_bridge.sampling import edit
+from attention_edit.comfy_bridge.sampling import replay_schedule
 
 SOURCE = "a photo of a cat"
 TARGET = "a photo of a sitting cat"  # refine: 'sitting' (token 5) is the edited word
@@ -74,7 +74,7 @@ def test_dps_interpolation_limits():
 @pytest.fixture(scope="module")
 def setup():
     m, clip, vae = build_sd1x(TINY_TEST, seed=0)
-    from attention_edit.testing.photos import photo
+    from attention_edit.headless.photos import photo
 
     with torch.no_grad():
         lat = vae.encode(photo("cat", 128)[..., :3]).detach()
@@ -148,7 +148,7 @@ def test_fwt_schedule_from_a_run_feeds_p2p(setup):
 
 
 def test_nodes_in_comfyui(comfy):
-    from attention_edit.testing.photos import save_input_photo
+    from attention_edit.headless.photos import save_input_photo
 
     img = save_input_photo("cat", 64)
     g = {

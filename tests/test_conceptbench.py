@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from attention_edit.toyworld import conceptbench as cb
-from attention_edit.toyworld import editbench as eb
+from attention_edit.bench import conceptbench as cb
+from attention_edit.bench import editbench as eb
 from attention_edit.toyworld import judge, scenes
 
 

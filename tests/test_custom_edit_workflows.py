@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from attention_edit.runner import run as runner
-from attention_edit.testing.photos import save_input_photo
+from attention_edit.headless import runner
+from attention_edit.headless.photos import save_input_photo
 
 CD, TI = "custom_edit_custom_diffusion", "custom_edit_textual_inversion"
 TRAIN, INVERT, EDIT, SAMPLER, BLEND, PHOTO = "13", "5", "6", "7", "12", "2"
@@ -100,7 +100,7 @@ def test_reference_pictures_go_to_the_reference_slots_only():
     # fewer references than slots: repeated in order; the photo slot keeps the photo
     o = runner.apply_overrides(g, image="p.png", references=["a.png", "b.png"])
     assert [o[n]["inputs"]["image"] for n in [PHOTO] + REF_SLOTS] == ["p.png", "a.png", "b.png", "a.png"]
-    # more references than slots: extra LoadImage + ImageBatch nodes feed the trainer
+    # more references than slots: extra LoadImage nodes feed the trainer through AE_ReferencePictures
     refs = [f"r{i}.png" for i in range(5)]
     o = runner.apply_overrides(g, references=refs)
     assert [o[n]["inputs"]["image"] for n in REF_SLOTS] == refs[:3]
@@ -175,7 +175,7 @@ def test_runner_run_copies_the_trained_concept(comfy, tmp_path):
     import folder_paths
 
     ref = tmp_path / "ref.png"
-    from attention_edit.testing.photos import photo_pil
+    from attention_edit.headless.photos import photo_pil
 
     photo_pil("coffee", 48).save(ref)
     out_before = folder_paths.get_output_directory()
@@ -197,14 +197,14 @@ def test_runner_run_copies_the_trained_concept(comfy, tmp_path):
 def test_p2p_alignment_positions_match_comfyui_conditioning(comfy, variant):
     from attention_edit.attention import align
     from attention_edit.nodes.toyworld_nodes import load_toyworld
-    from attention_edit.training import custom_diffusion as cd
-    from attention_edit.training.common import clip_with_embeddings, embedding_width
+    from attention_edit.nodes import training_nodes
+    from attention_edit.comfy_bridge.text import clip_with_embeddings, embedding_width
 
     _mp, clip, _vae = load_toyworld(runner.TOY_RANDOM)
     vec = torch.randn(1, embedding_width(clip))
     src = "a photo of a cat"
     if variant == "custom_diffusion":
-        _m, c = cd.apply_concept(None, clip, {}, {"<v1>": vec})
+        _m, c = training_nodes.apply_concept(None, clip, {}, {"<v1>": vec})
         target, n_words = "a photo of a <v1> cat", 6   # BOS a photo of a V* cat EOS
     else:
         c = clip_with_embeddings(clip, {CONCEPT: vec})
@@ -223,7 +223,7 @@ def test_p2p_alignment_positions_match_comfyui_conditioning(comfy, variant):
 def test_runner_reference_errors(comfy, tmp_path):
     import folder_paths
 
-    from attention_edit.testing.photos import photo_pil
+    from attention_edit.headless.photos import photo_pil
 
     for d in ("a", "b"):
         (tmp_path / d).mkdir()

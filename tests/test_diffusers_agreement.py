@@ -41,7 +41,7 @@ comfy.cli_args.args.cpu = True
 
 pytest.importorskip("diffusers", reason="diffusers is needed to cross-check against its DDIM schedulers")
 
-from attention_edit.testing import diffusers_bridge as B  # noqa: E402
+from support import diffusers_bridge as B  # noqa: E402
 
 STEPS = 10
 GUIDANCE = 7.5
@@ -64,8 +64,8 @@ def setup():
 def _setup():
     torch.manual_seed(0)
     t0 = time.time()
-    from attention_edit.models.sd1x import TINY_TEST, build_sd1x
-    from attention_edit.testing.photos import photo
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.headless.photos import photo
 
     mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
@@ -84,7 +84,7 @@ def _setup():
 
 @pytest.fixture(scope="module")
 def inversion(setup):
-    from attention_edit.inversion.core import invert
+    from attention_edit.comfy_bridge.sampling import invert
 
     s = setup
     return invert(s["mp"], s["latent"], s["cond"], s["empty"], s["sigmas"].clone(), method="ddim",
@@ -159,7 +159,7 @@ def test_ddim_inversion_agrees(setup, inversion):
 
 
 def test_cfg_replay_agrees(setup, inversion):
-    from attention_edit.sampling.edit import edit
+    from attention_edit.comfy_bridge.sampling import edit
 
     s = setup
     sig = s["sigmas"]
@@ -181,7 +181,7 @@ def test_cfg_replay_agrees(setup, inversion):
 
 
 def test_unet_head_count_follows_config(setup):
-    from attention_edit.models.sd1x import TINY_TEST
+    from attention_edit.comfy_bridge.models import TINY_TEST
 
     heads = B.diffusers_unet_config(setup["mp"])["attention_head_dim"]
     assert set(heads) == {TINY_TEST.num_heads}, f"UNet heads per level {heads}, config says {TINY_TEST.num_heads}"

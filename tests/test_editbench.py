@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from attention_edit.toyworld import editbench as eb
+from attention_edit.bench import editbench as eb
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,15 @@ def test_inversions_are_shared_between_cases(tm):
     a = eb.invert_scene(tm, sc, ST)
     assert eb.invert_scene(tm, eb.one_object_scene(3), ST) is a
     assert eb.invert_scene(tm, sc, ST, "ddim") is not a
+
+
+def test_p2p_keeps_the_layout_better_than_regeneration(tm):
+    """What the feature is for, on the trained model: a colour word swap of a null-text-inverted render keeps the
+    object's outline far better with Prompt-to-Prompt than regenerating with the edited prompt from the same x_T
+    (mean structure IoU over 6 seeds; 0.45 vs 0.25 measured with these settings), and still changes the colour."""
+    st = eb.Settings(steps=10, num_inner_steps=5)
+    runs = [eb.swap_case(tm, seed, st, "colour") for seed in range(6)]
+    p2p = sum(r["p2p"]["iou"] for r in runs) / len(runs)
+    regen = sum(r["regen"]["iou"] for r in runs) / len(runs)
+    assert p2p > regen + 0.1, (p2p, regen)
+    assert sum(r["p2p"]["success"] for r in runs) >= 4, [r["p2p"]["success"] for r in runs]

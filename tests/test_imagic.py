@@ -14,7 +14,10 @@ import time
 import pytest
 import torch
 
-from attention_edit.testing.photos import photo, photo_batch
+from attention_edit.comfy_bridge.files import save_safetensors
+from attention_edit.comfy_bridge.training import context_dim, weight_keys
+
+from attention_edit.headless.photos import photo, photo_batch
 
 EMB_STEPS, EMB_LR = 40, 1e-2   # the tiny random model needs a larger rate than SD's 1e-3 to move in 40 steps
 FT_STEPS, FT_LR = 40, 1e-3
@@ -29,7 +32,7 @@ WIDTH = 64  # TINY_TEST text width (context_dim)
 
 @pytest.fixture(scope="module")
 def tiny(comfy):
-    from attention_edit.models.sd1x import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
 
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -52,6 +55,13 @@ def snapshot(mp, clip):
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def glue():
+    """The nodes' glue functions (imported late: the node module registers its model folder on import)."""
+    from attention_edit.nodes import imagic_nodes
+
+    return imagic_nodes
 
 
 def objects(comfy, **objs):
@@ -156,12 +166,13 @@ def test_both_losses_fall_and_e_opt_stays_near_e_tgt(chain):
 def test_graph_model_and_clip_untouched_only_trained_weights_differ(chain, tiny):
     import comfy.model_management as mm
 
+    from attention_edit.comfy_bridge.training import weight_keys
     from attention_edit.training.imagic import trained_keys
 
     mp, clip, vae = tiny
     before = chain["before"]
     out = chain["res"].value("f", 0)
-    keys = trained_keys(mp, "lora")
+    keys = trained_keys(weight_keys(mp), "lora")
     assert keys and all(k.endswith(".weight") for k in keys)
     assert set(out.patches) == set(keys) and not out.weight_wrapper_patches
     # the input MODEL / CLIP: loaded as a sampler loads them, bit-identical weights, no patches or wrappers added
@@ -221,7 +232,7 @@ def test_saved_file_reloads_to_bit_identical_samples(comfy, chain, tiny):
     assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else k.rsplit(".", 1)[-1] for k in sd
             if not k.startswith("imagic.")} == {"lora_up", "lora_down", "alpha"}
     m_core, _ = comfy_sd.load_lora_for_models(mp, None, sd, 1.0, 0.0)
-    assert set(m_core.patches) == set(trained_keys(mp, "lora"))
+    assert set(m_core.patches) == set(trained_keys(weight_keys(mp), "lora"))
 
 
 def test_eta_sweep_gives_each_eta_the_same_noise_and_a_labelled_grid(comfy, chain, tiny):
@@ -255,14 +266,10 @@ def test_eta_sweep_gives_each_eta_the_same_noise_and_a_labelled_grid(comfy, chai
 
 @pytest.fixture(scope="module")
 def stage1(comfy, tiny, cat):
-    from attention_edit.training import imagic as im
-
     mp, clip, vae = tiny
     with torch.inference_mode():
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(TARGET))
-        lat = im.encode_photo(cat, vae)
-        e_tgt, pooled = im.target_embedding(cond, mp)
-        return im.optimize_embedding(mp, lat, e_tgt, pooled, steps=8, learning_rate=EMB_LR, name="zq_algo")
+        return glue().optimize_embedding(mp, vae, cat, cond, "zq_algo", steps=8, learning_rate=EMB_LR)
 
 
 @pytest.mark.parametrize("mode", ["attention", "full"])
@@ -274,14 +281,14 @@ def test_full_and_attention_modes_change_only_their_parameters(comfy, tiny, stag
     mp, clip, vae = tiny
     base = snapshot(mp, clip)[0]
     with torch.inference_mode():
-        r = im.finetune(mp, stage1, mode=mode, steps=3, learning_rate=1e-3)
-    keys = im.trained_keys(mp, mode)
+        r = glue().finetune(mp, stage1, mode=mode, steps=3, learning_rate=1e-3)
+    keys = im.trained_keys(weight_keys(mp), mode)
     if mode == "attention":
         assert all(".attn1." in k or ".attn2." in k for k in keys) and any(k.endswith(".bias") for k in keys)
     else:
         assert len(keys) == len(list(mp.model.diffusion_model.parameters()))
-    assert set(r.unet) == {im._file_key(k) for k in keys}
-    out = im.apply_imagic(mp, r)
+    assert set(r.unet) == {im.file_key(k) for k in keys}
+    out = glue().apply_imagic(mp, r)
     assert set(out.patches) == set(keys)
     mm.load_models_gpu([out])
     patched = out.model.diffusion_model.state_dict()
@@ -298,7 +305,7 @@ def test_interrupt_in_either_stage_keeps_what_was_learned(comfy, tiny, cat, stag
     import comfy.model_management as mm
 
     from attention_edit.training import imagic as im
-    from attention_edit.training.common import TrainingInterrupted
+    from attention_edit.training.fit import TrainingInterrupted
 
     mp, clip, vae = tiny
 
@@ -306,24 +313,27 @@ def test_interrupt_in_either_stage_keeps_what_was_learned(comfy, tiny, cat, stag
         if done == 6:
             raise mm.InterruptProcessingException()
 
+    from attention_edit.comfy_bridge import training as bt
+
     with torch.inference_mode(), pytest.raises(TrainingInterrupted) as ei:
-        im.optimize_embedding(mp, stage1.photo_latent, stage1.e_tgt, steps=100, learning_rate=EMB_LR,
-                              progress=progress, name="zq_cut")
+        with bt.TrainingSession(bt.training_clone(mp)) as sess:  # the pure trainer in a bridge session
+            im.optimize_embedding(sess, bt.model_latent(mp, stage1.photo_latent), stage1.photo_latent,
+                                  stage1.e_tgt, steps=100, learning_rate=EMB_LR, progress=progress, name="zq_cut")
     r1 = ei.value.result
-    assert isinstance(ei.value, mm.InterruptProcessingException)
     assert r1.metadata["embedding.interrupted"] and r1.metadata["embedding.steps_done"] == 6
     assert 1 <= r1.metadata["embedding.best_step"] <= 6 and not torch.equal(r1.e_opt, r1.e_tgt)
     with torch.inference_mode(), pytest.raises(TrainingInterrupted) as ei:
-        im.finetune(mp, r1, mode=mode, rank=2, steps=100, learning_rate=1e-3, progress=progress)
+        glue().finetune(mp, r1, mode=mode, rank=2, steps=100, learning_rate=1e-3, progress=progress)
     r2 = ei.value.result
     assert r2.metadata["finetune.interrupted"] and r2.metadata["finetune.steps_done"] == 6 and r2.unet
     assert r2.metadata["finetune.probe_loss_after"] < r2.metadata["finetune.probe_loss_before"]
-    path = im.save_imagic(str(tmp_path), r2)
-    back = im.load_imagic(path)
+    path = str(tmp_path / "cut.safetensors")
+    save_safetensors(path, *im.imagic_file(r2, "cut"))
+    back = glue().load_imagic(path)
     assert back.stage == "finetuned" and back.metadata["finetune.interrupted"] is True
     assert all(torch.equal(back.unet[k], r2.unet[k]) for k in r2.unet)
-    out = im.apply_imagic(mp, back)
-    assert set(out.patches) == set(im.trained_keys(mp, mode))
+    out = glue().apply_imagic(mp, back)
+    assert set(out.patches) == set(im.trained_keys(weight_keys(mp), mode))
 
 
 def test_node_interrupt_saves_a_usable_file(comfy, tiny, cat):
@@ -381,11 +391,11 @@ def test_bad_photos_give_clear_errors(comfy, tiny, cat):
     msg = ei.value.exception_message
     assert "Imagic edits one photo" in msg and "batch of 2" in msg and "Image From Batch" in msg, msg
     with pytest.raises(ValueError, match=r"60x64 pixels.*multiples of 8.*56x64"):
-        im.encode_photo(cat[:, :, :60], vae)
+        im.check_photo(cat[:, :, :60], 8)
     with pytest.raises(ValueError, match="no photo"):
-        im.encode_photo(None, vae)
+        im.check_photo(None, 8)
     with pytest.raises(ValueError, match="IMAGE"):
-        im.encode_photo(cat[0], vae)
+        im.check_photo(cat[0], 8)
 
 
 def test_bad_conditioning_eta_and_files_give_clear_errors(comfy, tiny, stage1, tmp_path):
@@ -402,12 +412,13 @@ def test_bad_conditioning_eta_and_files_give_clear_errors(comfy, tiny, stage1, t
     # a target text with another token count than step 1's
     with pytest.raises(ValueError, match=r"\[1, 154, 64\].*\[1, 77, 64\].*tokens"):
         im.conditioning(stage1, 0.7, long)
+    width = context_dim(mp)
     with pytest.raises(ValueError, match="holds 2 conditionings"):
-        im.target_embedding(short + short, mp)
+        im.target_embedding(short + short, width)
     with pytest.raises(ValueError, match="64-wide"):
-        im.target_embedding([[torch.zeros(1, 77, 32), {}]], mp)
+        im.target_embedding([[torch.zeros(1, 77, 32), {}]], width)
     with pytest.raises(ValueError, match="carries area"):
-        im.target_embedding([[short[0][0], {"area": (8, 8, 0, 0)}]], mp)
+        im.target_embedding([[short[0][0], {"area": (8, 8, 0, 0)}]], width)
     # eta outside its range: the node refuses it at validation, the function with the allowed range
     for eta in (-0.1, 1.6, float("nan")):
         with pytest.raises(ValueError, match=r"outside 0.0-1.5.*0 reconstructs the photo, 1 is the target"):
@@ -422,16 +433,16 @@ def test_bad_conditioning_eta_and_files_give_clear_errors(comfy, tiny, stage1, t
         comfy.run_workflow(g, outputs=["i"])
     # fine-tuning settings
     with pytest.raises(ValueError, match="unknown fine-tuning mode 'bitfit'"):
-        im.finetune(mp, stage1, mode="bitfit")
+        glue().finetune(mp, stage1, mode="bitfit")
     with pytest.raises(ValueError, match="steps must be at least 1"):
-        im.finetune(mp, stage1, steps=0)
+        glue().finetune(mp, stage1, steps=0)
     # files: not an Imagic file; a result that does not fit the model
     other = tmp_path / "other.safetensors"
     save_file({"x": torch.zeros(2)}, str(other))
     with pytest.raises(ValueError, match="not an Imagic file"):
-        im.load_imagic(str(other))
+        glue().load_imagic(str(other))
     key = "diffusion_model.input_blocks.0.0"
     with pytest.raises(ValueError, match=r"does not fit this model.*other shapes"):
-        im.apply_imagic(mp, {key + ".diff": torch.zeros(3, 3)})
+        glue().apply_imagic(mp, {key + ".diff": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match=r"does not fit this model.*does not have"):
-        im.apply_imagic(mp, {"diffusion_model.nowhere.diff": torch.zeros(3, 3)})
+        glue().apply_imagic(mp, {"diffusion_model.nowhere.diff": torch.zeros(3, 3)})

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from attention_edit.toyworld import editbench as eb
-from attention_edit.toyworld import imagicbench as ib
+from attention_edit.bench import editbench as eb
+from attention_edit.bench import imagicbench as ib
 
 FIGURES = {"success", "iou", "kept", "bg_psnr", "psnr"}
 

@@ -8,7 +8,7 @@ SOURCE = "a photo of a cat"
 
 @pytest.fixture(scope="module")
 def image_name(comfy):
-    from attention_edit.testing.photos import save_input_photo
+    from attention_edit.headless.photos import save_input_photo
 
     return save_input_photo("cat", 64)
 

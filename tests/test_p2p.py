@@ -11,10 +11,10 @@ import comfy.sample
 import comfy.samplers
 
 from attention_edit.attention.recipe import EditSpec, LocalBlendSpec, build_controller
-from attention_edit.inversion.core import invert
-from attention_edit.models.sd1x import TINY_TEST, build_sd1x
-from attention_edit.sampling.edit import edit
-from attention_edit.sampling.engine import replay_schedule
+from attention_edit.comfy_bridge.sampling import invert
+from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+from attention_edit.comfy_bridge.sampling import edit
+from attention_edit.comfy_bridge.sampling import replay_schedule
 
 STEPS = 6
 SOURCE = "a photo of a cat"
@@ -60,10 +60,20 @@ def run(tiny, inv, spec):
     EditSpec(target_prompts=(SOURCE,), local_blend=LocalBlendSpec(("cat",), ("cat",), start=0.0)),
 ], ids=["replace", "refine", "reweight_factor_1", "local_blend"])
 def test_identity_edit_equals_reconstruction(tiny, ddim_inv, spec):
+    """With the source prompt as the edited prompt, injecting the source's maps changes nothing. The same spec
+    with the word's maps zeroed (equalizer cat: 0, inside the injection window) must change the edit: so the
+    identity holds with the controller at work, not because it was left out."""
     out, _ = run(tiny, ddim_inv, spec)
     assert out.shape[0] == 2
     diff = (out[1] - out[0]).abs().max().item()
     assert diff < 1e-5, f"edit with the source prompt differs from the reconstruction by {diff}"
+    import dataclasses
+
+    window = spec.cross_replace_steps if spec.mode != "refine" else (0.0, 0.9)
+    zeroed = dataclasses.replace(spec, equalizer=(("cat", 0.0),), cross_replace_steps=window)
+    moved, _ = run(tiny, ddim_inv, zeroed)
+    assert (moved[1] - out[1]).abs().max().item() > 1e-3, "the controller had no effect on the edited row"
+    assert torch.equal(moved[0], out[0]), "the source row must never be edited"
 
 
 def test_replay_without_edit_is_bit_identical_to_vanilla_sampler(tiny, ddim_inv):
@@ -141,13 +151,22 @@ def test_null_text_beats_ddim_and_respects_early_stop(tiny, latent):
 
 
 def test_negative_prompt_inversion_reconstructs_like_ddim_conditional(tiny, latent):
+    """Negative-prompt inversion replays with the source embedding as the unconditional one, so CFG at 7.5 gives
+    exactly the conditional prediction: its reconstruction equals the conditional (cfg 1) DDIM replay of the same
+    inversion, and is far better than plain DDIM inversion replayed at cfg 7.5."""
+    import dataclasses
+
     m, clip, _ = tiny
     sig = replay_schedule(m, "p2p_ddim", STEPS)
-    inv = invert(m, latent, enc(clip, SOURCE), enc(clip, ""), sig, method="negative_prompt", guidance_scale=7.5,
-                 source_prompt=SOURCE)
-    assert len(inv.uncond) == STEPS and torch.equal(inv.uncond[0], enc(clip, SOURCE)[0][0].cpu())
+    src, empty = enc(clip, SOURCE), enc(clip, "")
+    inv = invert(m, latent, src, empty, sig, method="negative_prompt", guidance_scale=7.5, source_prompt=SOURCE)
+    assert len(inv.uncond) == STEPS and torch.equal(inv.uncond[0], src[0][0].cpu())
     rec = edit(m, inv, [])
-    assert torch.isfinite(rec).all()
+    cond_only = edit(m, dataclasses.replace(inv, guidance_scale=1.0), [])
+    assert (rec - cond_only).abs().max().item() < 1e-4 * cond_only.abs().max().item()
+    ddim = invert(m, latent, src, empty, sig, method="ddim", guidance_scale=7.5, source_prompt=SOURCE)
+    err = lambda r: (r[0] - latent[0]).pow(2).mean().item()  # noqa: E731
+    assert err(rec) < 0.5 * err(edit(m, ddim, [])), (err(rec), err(edit(m, ddim, [])))
 
 
 class _Spy:
@@ -204,7 +223,7 @@ def test_reweight_zero_removes_the_word(tiny, ddim_inv):
 
 def test_local_blend_keeps_the_source_outside_the_mask(tiny):
     m, clip, vae = tiny
-    from attention_edit.testing.photos import photo
+    from attention_edit.headless.photos import photo
 
     with torch.no_grad():
         lat = vae.encode(photo("cat", 128)[..., :3]).detach()  # 16x16 latent: 8x8 and 16x16 attention maps
@@ -281,9 +300,9 @@ def test_interrupt_stops_null_text_within_one_inner_step(tiny, latent, monkeypat
 def test_null_text_is_far_better_than_ddim_on_the_trained_toyworld_model():
     """On a trained model (the shipped ToyWorld weights), at cfg 7.5, on a real photo: the DDIM-inversion
     reconstruction error is many times the null-text one (10.4x measured at 10 steps; 35.6x at 50, see README)."""
-    from attention_edit.models.sd1x import load_weights
-    from attention_edit.testing.photos import photo
-    from attention_edit.toyworld.editbench import SHIPPED
+    from attention_edit.comfy_bridge.models import load_weights
+    from attention_edit.headless.photos import photo
+    from attention_edit.bench.editbench import SHIPPED
 
     m, clip, vae = load_weights(SHIPPED)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import comfy.cli_args
 
 comfy.cli_args.args.cpu = True
 
-from attention_edit.models import sd1x  # noqa: E402
+from attention_edit.comfy_bridge import models as sd1x  # noqa: E402
 from attention_edit.toyworld import judge, scenes  # noqa: E402
 
 
@@ -111,8 +111,7 @@ def test_loader_node_random():
 def test_loader_shipped_weights_roundtrip(tmp_path):
     from attention_edit.nodes.toyworld_nodes import SHIPPED, WEIGHTS_PATH, load_toyworld
 
-    if not os.path.exists(WEIGHTS_PATH):
-        pytest.skip("no shipped ToyWorld weights yet")
+    assert os.path.exists(WEIGHTS_PATH), f"the shipped ToyWorld weights are missing: {WEIGHTS_PATH}"
     assert os.path.getsize(WEIGHTS_PATH) <= 40 * 2**20
     mp, clip, vae = load_toyworld(SHIPPED)
     assert mp.model.toy_config.name == "toyworld"

@@ -18,7 +18,9 @@ import time
 import pytest
 import torch
 
-from attention_edit.testing.photos import photo, photo_batch, photo_pil
+from attention_edit.comfy_bridge.training import base_weight, parameter_shapes
+
+from attention_edit.headless.photos import photo, photo_batch, photo_pil
 
 TI_STEPS = 60
 CD_STEPS = 50
@@ -31,7 +33,7 @@ TEXT_DIM = 64  # TINY_TEST clip width
 
 @pytest.fixture(scope="module")
 def tiny(comfy):
-    from attention_edit.models.sd1x import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
 
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -50,6 +52,18 @@ def refs():
 @pytest.fixture(scope="module")
 def class_images():
     return photo_batch(["rocket", "hubble"], 64)
+
+
+def TN():
+    """The nodes' glue functions (imported late: the node module registers its model folder on import)."""
+    from attention_edit.nodes import training_nodes
+
+    return training_nodes
+
+
+def attn2_layers(mp) -> int:
+    """How many cross-attention (attn2) layers the model has (derived from the model, not the tiny architecture)."""
+    return sum(1 for n, _ in mp.model.diffusion_model.named_modules() if n.endswith(".attn2"))
 
 
 def snapshot(mp, clip):
@@ -123,7 +137,7 @@ def test_textual_inversion_node_learns_a_word_comfyui_loads(comfy, tiny):
     ComfyUI's own embedding loader (CLIPTextEncode with 'embedding:name') gives exactly the saved vectors."""
     import folder_paths
 
-    from attention_edit.training.common import PromptEncoder
+    from attention_edit.comfy_bridge.text import PromptEncoder
 
     mp, clip, vae = tiny
     folder = os.path.join(folder_paths.get_input_directory(), "zq_refs")
@@ -217,7 +231,7 @@ def test_textual_inversion_interrupt_result_is_the_best_state(comfy, tiny, refs,
     from safetensors.torch import load_file
 
     from attention_edit.training import textual_inversion as ti
-    from attention_edit.training.common import TrainingInterrupted
+    from attention_edit.training.fit import TrainingInterrupted
 
     mp, clip, vae = tiny
 
@@ -226,12 +240,11 @@ def test_textual_inversion_interrupt_result_is_the_best_state(comfy, tiny, refs,
             raise mm.InterruptProcessingException()
 
     with torch.inference_mode(), pytest.raises(TrainingInterrupted) as ei:
-        ti.train_textual_inversion(mp, clip, vae, refs, "zq_algo", "teapot", num_vectors=1, steps=100,
-                                   learning_rate=0.05, batch_size=1, resolution=64, progress=progress)
+        TN().textual_inversion(mp, clip, vae, refs, "zq_algo", "teapot", num_vectors=1, steps=100,
+                               learning_rate=0.05, batch_size=1, resolution=64, progress=progress)
     r = ei.value.result
-    assert isinstance(ei.value, mm.InterruptProcessingException)
     assert r.interrupted and r.steps_done == 12 and 5 <= r.best_step <= 12
-    path = ti.save_embedding(str(tmp_path), r)
+    path = TN().save_embedding(str(tmp_path), r)
     assert torch.equal(load_file(path)["emb_params"], r.vectors)
 
 
@@ -270,8 +283,8 @@ def test_custom_diffusion_trains_only_kv_and_the_token(comfy, tiny, cd_run):
     print(f"\n[CD node] {CD_STEPS} steps with prior preservation and gradient checkpointing: probe loss {b:.4f} -> "
           f"{a:.4f} ({100 * (1 - a / b):.1f}% lower); node + KSampler {cd_run['seconds']:.1f} s")
     assert a < 0.95 * b
-    kv = trained_keys(mp, "crossattn_kv")
-    assert len(kv) == 14 and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in kv)
+    kv = trained_keys(parameter_shapes(mp), "crossattn_kv")
+    assert len(kv) == 2 * attn2_layers(mp) and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in kv)
 
     out = res.value("t", 0)
     assert set(out.patches) == set(kv) and not out.weight_wrapper_patches
@@ -328,17 +341,17 @@ def test_custom_diffusion_diffusers_format_round_trips(comfy, tiny, cd_run, tmp_
     from safetensors.torch import load_file, save_file
 
     import comfy.model_management as mm
-    from attention_edit.testing import diffusers_bridge as B
+    from support import diffusers_bridge as B
     from attention_edit.training import custom_diffusion as cd
 
     mp, clip, vae = tiny
-    concept = cd.load_concept(os.path.join(concepts_dir(), cd_run["res"].value("t", 2)))
-    deltas, tokens = cd.resolve_concept(concept, mp, clip)
+    concept = TN().load_concept(os.path.join(concepts_dir(), cd_run["res"].value("t", 2)))
+    deltas, tokens = TN().resolve_concept(concept, mp, clip)
     # our file round trip is exact
     assert all(torch.equal(deltas[k], concept.unet[k]) for k in deltas)
 
     out_dir = tmp_path / "diffusers"
-    cd.export_diffusers(str(out_dir), mp, deltas, tokens)
+    TN().export_diffusers(str(out_dir), mp, deltas, tokens)
     weights = load_file(str(out_dir / cd.DIFFUSERS_WEIGHTS_NAME))
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight" in weights
     assert len(weights) == len(deltas)
@@ -348,7 +361,7 @@ def test_custom_diffusion_diffusers_format_round_trips(comfy, tiny, cd_run, tmp_
     # diffusers' UNet with the exported processors computes what the patched ComfyUI model computes
     unet = B.to_diffusers_unet(mp)
     unet.set_attn_processor({**unet.attn_processors, **unet._process_custom_diffusion(weights)})
-    patched, _ = cd.apply_concept(mp, None, deltas, {})
+    patched, _ = TN().apply_concept(mp, None, deltas, {})
     g = torch.Generator().manual_seed(0)
     x_vp = torch.randn(2, 4, 8, 8, generator=g)
     emb = torch.randn(2, 77, TEXT_DIM, generator=g)
@@ -364,21 +377,21 @@ def test_custom_diffusion_diffusers_format_round_trips(comfy, tiny, cd_run, tmp_
     assert worst < 1e-4
 
     # read back: the same deltas (full weights - base weights; exact up to float rounding)
-    back, back_tok = cd.resolve_concept(cd.load_concept(str(out_dir / cd.DIFFUSERS_WEIGHTS_NAME)), mp, clip)
+    back, back_tok = TN().resolve_concept(TN().load_concept(str(out_dir / cd.DIFFUSERS_WEIGHTS_NAME)), mp, clip)
     assert back.keys() == deltas.keys() and torch.equal(back_tok["<v1>"], tokens["<v1>"])
     assert max(float((back[k] - deltas[k]).abs().max()) for k in deltas) < 1e-6
     # the original delta.bin layout, read with torch.load(weights_only=True)
     bin_path = tmp_path / "delta.bin"
     torch.save({"unet": {cd._proc_to_param(k): v for k, v in weights.items()},
                 "modifier_token": {"<v1>": tok["<v1>"]}}, str(bin_path))
-    from_bin, bin_tok = cd.resolve_concept(cd.load_concept(str(bin_path)), mp, clip)
+    from_bin, bin_tok = TN().resolve_concept(TN().load_concept(str(bin_path)), mp, clip)
     assert all(torch.equal(from_bin[k], back[k]) for k in back) and torch.equal(bin_tok["<v1>"], back_tok["<v1>"])
 
     # the CompVis delta_epoch=*.ckpt layout
     ckpt = tmp_path / "delta_epoch=000001.ckpt"
-    full = {"model." + k: cd.base_weight(mp, k).float() + d for k, d in deltas.items()}
+    full = {"model." + k: base_weight(mp, k).float() + d for k, d in deltas.items()}
     torch.save({"state_dict": {**full, "embed": tokens["<v1>"]}}, str(ckpt))
-    from_ckpt, ckpt_tok = cd.resolve_concept(cd.load_concept(str(ckpt)), mp, clip)
+    from_ckpt, ckpt_tok = TN().resolve_concept(TN().load_concept(str(ckpt)), mp, clip)
     assert set(ckpt_tok) == {"<new1>"} and torch.equal(ckpt_tok["<new1>"], tokens["<v1>"])
     assert all(torch.equal(from_ckpt[k], back[k]) for k in back)
 
@@ -403,10 +416,10 @@ def test_custom_diffusion_diffusers_format_round_trips(comfy, tiny, cd_run, tmp_
     d_dir = tmp_path / "made_by_diffusers"
     unet2.save_attn_procs(str(d_dir))
     save_file({"<new1>": torch.randn(TEXT_DIM, generator=gen)}, str(d_dir / "<new1>.safetensors"))
-    c2 = cd.load_concept(str(d_dir / cd.DIFFUSERS_WEIGHTS_NAME))
-    d2, t2 = cd.resolve_concept(c2, mp, clip)
+    c2 = TN().load_concept(str(d_dir / cd.DIFFUSERS_WEIGHTS_NAME))
+    d2, t2 = TN().resolve_concept(c2, mp, clip)
     assert set(t2) == {"<new1>"} and len(d2) == len(deltas)
-    m2, _ = cd.apply_concept(mp, None, d2, t2)
+    m2, _ = TN().apply_concept(mp, None, d2, t2)
     sigma = float(ms.sigmas[400])
     e_c = eps_of(m2, B.vp_to_ve(x_vp, sigma), sigma, emb)
     with torch.no_grad():
@@ -437,7 +450,8 @@ def test_no_images_and_mixed_sizes():
 def test_bad_names_and_existing_words_are_refused(comfy, tiny, refs, tmp_path):
     from attention_edit.training import custom_diffusion as cd
     from attention_edit.training import textual_inversion as ti
-    from attention_edit.training.common import check_new_token, file_in_folder, validate_name
+    from attention_edit.comfy_bridge.files import file_in_folder, validate_name
+    from attention_edit.comfy_bridge.text import check_new_token
 
     mp, clip, vae = tiny
     for bad in ("../evil", "a/b", "a\\b", "..", "x..y", "/abs", ".hidden", "", "a b", "nul\0"):
@@ -448,9 +462,9 @@ def test_bad_names_and_existing_words_are_refused(comfy, tiny, refs, tmp_path):
     with pytest.raises(ValueError, match="already exists in the CLIP vocabulary"):
         check_new_token(clip, "cat")
     with pytest.raises(ValueError, match="already exists in the CLIP vocabulary"):
-        ti.train_textual_inversion(mp, clip, vae, refs, "Teapot", "teapot", steps=1, resolution=64)
+        TN().textual_inversion(mp, clip, vae, refs, "Teapot", "teapot", steps=1, resolution=64)
     with pytest.raises(ValueError, match="already exists in the CLIP vocabulary"):
-        cd.train_custom_diffusion(mp, clip, vae, refs, "dog", "pot", steps=1, resolution=64)
+        TN().custom_diffusion(mp, clip, vae, refs, "dog", "pot", steps=1, resolution=64)
     with pytest.raises(ValueError, match="modifier token"):
         cd.validate_modifier_token("two words")
     # through the executor: a path in the name is refused before anything is written
@@ -466,39 +480,39 @@ def test_bad_names_and_existing_words_are_refused(comfy, tiny, refs, tmp_path):
         comfy.run_workflow(g, outputs=["t"])
     assert set(os.listdir(parent)) == listing and not os.path.exists(os.path.join(parent, "evil.safetensors"))
     with pytest.raises(ValueError, match="path separator"):
-        cd.save_concept(str(tmp_path / "c"), "../escape", cd.Concept("delta", {}, {}))
+        TN().save_concept(str(tmp_path / "c"), "../escape", cd.Concept("delta", {}, {}))
     assert not (tmp_path / "escape.safetensors").exists()
 
 
 def test_concept_for_another_architecture_names_the_keys(comfy, tiny):
     """An SD1.5-shaped delta file and a file with foreign keys: clear errors naming the keys, also in the node."""
     from attention_edit.training import custom_diffusion as cd
-    from attention_edit.training.common import save_safetensors_atomic
+    from attention_edit.comfy_bridge.files import save_safetensors as save_safetensors_atomic
 
     mp, clip, vae = tiny
-    kv = cd.trained_keys(mp)
+    kv = cd.trained_keys(parameter_shapes(mp))
     wide = {k: torch.zeros(320, 768) for k in kv[:3]}  # SD1.5 widths
     wide["diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"] = torch.zeros(640, 768)
     wide[cd.TOKEN_PREFIX + "<v1>"] = torch.zeros(1, 768)
     path = save_safetensors_atomic(os.path.join(concepts_dir(), "zq_sd15.safetensors"), wide,
                                    {"format": cd.FORMAT, "version": "1"})
     with pytest.raises(ValueError) as ei:
-        cd.resolve_concept(cd.load_concept(path), mp, clip)
+        TN().resolve_concept(TN().load_concept(path), mp, clip)
     msg = str(ei.value)
     assert "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight" in msg and kv[0] in msg and "[320, 768]" in msg
     # right UNet shapes, wrong text width
-    ok = {k: torch.zeros(tuple(cd.base_weight(mp, k).shape)) for k in kv}
+    ok = {k: torch.zeros(tuple(base_weight(mp, k).shape)) for k in kv}
     ok[cd.TOKEN_PREFIX + "<v1>"] = torch.zeros(1, 768)
     p2 = save_safetensors_atomic(os.path.join(concepts_dir(), "zq_width.safetensors"), ok, {"format": cd.FORMAT})
     with pytest.raises(ValueError, match="token embedding width"):
-        cd.resolve_concept(cd.load_concept(p2), mp, clip)
+        TN().resolve_concept(TN().load_concept(p2), mp, clip)
     # diffusers names of blocks the tiny UNet does not have
     foreign = {"down_blocks.3.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight":
                torch.zeros(1280, 768)}
     p3 = os.path.join(concepts_dir(), "zq_foreign", cd.DIFFUSERS_WEIGHTS_NAME)
     save_safetensors_atomic(p3, foreign)
     with pytest.raises(ValueError, match="down_blocks.3.attentions.0"):
-        cd.resolve_concept(cd.load_concept(p3), mp, clip)
+        TN().resolve_concept(TN().load_concept(p3), mp, clip)
     # the loader node reports it
     g = objects(comfy, m=mp, c=clip)
     g["l"] = {"class_type": "AE_LoadCustomDiffusion", "inputs": {"model": ["m", 0], "clip": ["c", 0],
@@ -516,13 +530,13 @@ def test_custom_diffusion_all_of_attn2_option(comfy, tiny, refs, tmp_path):
 
     mp, clip, vae = tiny
     with torch.inference_mode():
-        r = cd.train_custom_diffusion(mp, clip, vae, refs, "<zq2>", "mug", mode="crossattn", steps=3,
-                                      learning_rate=1e-3, batch_size=1, resolution=64, augment=False)
+        r = TN().custom_diffusion(mp, clip, vae, refs, "<zq2>", "mug", mode="crossattn", steps=3,
+                                  learning_rate=1e-3, batch_size=1, resolution=64, augment=False)
     leaves = {k.split(".attn2.")[1] for k in r.deltas}
     assert leaves == {"to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"}
-    assert len(r.deltas) == 35 and all(float(d.abs().max()) > 0 for d in r.deltas.values())
-    cd.export_diffusers(str(tmp_path), mp, r.deltas, r.tokens)
-    back, tok = cd.resolve_concept(cd.load_concept(str(tmp_path / cd.DIFFUSERS_WEIGHTS_NAME)), mp, clip)
+    assert len(r.deltas) == 5 * attn2_layers(mp) and all(float(d.abs().max()) > 0 for d in r.deltas.values())
+    TN().export_diffusers(str(tmp_path), mp, r.deltas, r.tokens)
+    back, tok = TN().resolve_concept(TN().load_concept(str(tmp_path / cd.DIFFUSERS_WEIGHTS_NAME)), mp, clip)
     assert back.keys() == r.deltas.keys() and set(tok) == {"<zq2>"}
     assert max(float((back[k] - r.deltas[k]).abs().max()) for k in back) < 1e-6
 
@@ -536,12 +550,26 @@ def test_gradient_checkpointing_gives_the_same_training(comfy, tiny, refs):
     runs = []
     for gc in (False, True):
         with torch.inference_mode():
-            runs.append(cd.train_custom_diffusion(mp, clip, vae, refs[:1], "<zq3>", "cup", steps=3,
-                                                  learning_rate=1e-3, batch_size=1, resolution=64, augment=False,
-                                                  gradient_checkpointing=gc))
+            runs.append(TN().custom_diffusion(mp, clip, vae, refs[:1], "<zq3>", "cup", steps=3,
+                                              learning_rate=1e-3, batch_size=1, resolution=64, augment=False,
+                                              gradient_checkpointing=gc))
     a, b = runs
     assert a.losses == b.losses
     assert all(torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas)
     assert torch.equal(a.tokens["<zq3>"], b.tokens["<zq3>"])
     # the checkpointing wrappers are gone afterwards
     assert not any(hasattr(m, "_ae_plain_forward") for m in mp.model.diffusion_model.modules())
+
+
+def test_reference_pictures_keep_mixed_sizes_and_chain(comfy):
+    """AE_ReferencePictures (the pack's replacement of core ImageBatch, deprecated in ComfyUI 0.33): pictures of
+    different sizes stay as they are, batches are split into pictures, 'more' chains another list in front."""
+    a, b = photo("cat", 64), photo("coffee", (96, 64))
+    pair = torch.cat([photo("rocket", 48), photo("hubble", 48)])
+    g = {"a": comfy.register_object(a), "b": comfy.register_object(b), "p": comfy.register_object(pair)}
+    g["r1"] = {"class_type": "AE_ReferencePictures", "inputs": {"image_1": ["a", 0], "image_3": ["b", 0]}}
+    g["r2"] = {"class_type": "AE_ReferencePictures", "inputs": {"image_1": ["p", 0], "more": ["r1", 0]}}
+    res = comfy.run_workflow(g, outputs=["r2"])
+    out = res.values("r2")[0]
+    assert [tuple(x.shape) for x in out] == [(1, 64, 64, 3), (1, 64, 96, 3), (1, 48, 48, 3), (1, 48, 48, 3)]
+    assert torch.equal(out[0], a) and torch.equal(out[1], b) and torch.equal(out[3], pair[1:])

@@ -1,4 +1,4 @@
-"""Trains the ToyWorld model (models/sd1x.py TOYWORLD config) on procedurally rendered scenes (CPU or GPU).
+"""Trains the ToyWorld model (comfy_bridge/models.py TOYWORLD config) on procedurally rendered scenes (CPU or GPU).
 
     python -m attention_edit.toyworld.train --out runs/toyworld --minutes 120          # fresh
     python -m attention_edit.toyworld.train --out runs/toyworld --minutes 120 --resume # continue
@@ -17,7 +17,7 @@ Phases (both resumable):
 
 Checkpoints (``ckpt.safetensors`` in --out, tensors + JSON metadata, no pickle) are written atomically (tmp file then
 os.replace) every ``--ckpt-every`` seconds and on SIGINT/SIGTERM. Every ``--probe-every`` seconds the EMA model is
-exported as fp16 (``toyworld_latest.safetensors``) and a faithfulness probe samples prompts through comfy.sample
+exported as fp16 (``toyworld_latest.safetensors``) and a faithfulness probe samples prompts through ComfyUI's sampling
 and scores them with toyworld.judge (colour / shape / size / position accuracy), logged to train.log/probe.jsonl.
 """
 from __future__ import annotations
@@ -42,37 +42,21 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _patch_clip_inplace() -> None:
-    """comfy.clip_model.CLIPLayer.forward adds in place (x +=), which breaks autograd: use an out-of-place copy."""
-    import comfy.clip_model
-
-    def forward(self, x, mask=None, optimized_attention=None):
-        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
-        x = x + self.mlp(self.layer_norm2(x))
-        return x
-
-    comfy.clip_model.CLIPLayer.forward = forward
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoint io (safetensors + json metadata)
 # ----------------------------------------------------------------------------------------------------------------
 
 def save_ckpt(path: str, tensors: dict, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from ..comfy_bridge.files import save_safetensors
 
-    tmp = path + ".tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
+    save_safetensors(path, tensors, {"state": json.dumps(meta)})
 
 
 def load_ckpt(path: str):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from ..comfy_bridge.files import read_safetensors
 
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    return load_file(path), meta
+    tensors, meta = read_safetensors(path, "training checkpoint", check_finite=False)
+    return tensors, json.loads(meta["state"])
 
 
 def opt_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict:
@@ -168,22 +152,23 @@ def caption_token_ids(clip) -> list:
 
 class Trainer:
     def __init__(self, args):
-        import comfy.model_management
-
-        from ..models import sd1x
+        from ..comfy_bridge import host
+        from ..comfy_bridge import models as sd1x
+        from ..comfy_bridge.training import copy_layer_norm_inputs
 
         self.args = args
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
         self.ckpt_path = os.path.join(self.out, "ckpt.safetensors")
         self.cfg = sd1x.config_from_any(args.config)
-        self.device = comfy.model_management.get_torch_device()
+        self.device = host.torch_device()
         init_sd = None
         if getattr(args, "init", ""):
             self.cfg, init_sd, _ = sd1x.read_weights(args.init)
         self.mp, self.clip, self.vae = sd1x.build_sd1x(self.cfg, seed=args.seed, dtype=torch.float32)
         self.unet = self.mp.model.diffusion_model
         self.te = self.clip.cond_stage_model
+        self._te_hooks = copy_layer_norm_inputs(self.te)  # ComfyUI's CLIP layers add residuals in place
         self.vae_model = self.vae.first_stage_model
         if init_sd is not None:
             self._load_init(init_sd)
@@ -436,7 +421,7 @@ class Trainer:
     @torch.no_grad()
     def probe(self):
         """Exports EMA weights (fp16) and scores sampled prompts with the judge."""
-        from ..models import sd1x
+        from ..comfy_bridge import models as sd1x
 
         self.load_decoder()
         self.swap_ema()
@@ -519,7 +504,7 @@ DECODER_FILE = "decoder.safetensors"
 def decoder_finetune(args) -> None:
     """Trains post_quant_conv + decoder on (cached latent, image) pairs from the main checkpoint's frozen encoder;
     writes ``decoder.safetensors`` (atomic) every --ckpt-every seconds and on SIGTERM; resumable."""
-    from ..models import sd1x
+    from ..comfy_bridge import models as sd1x
     from . import scenes
 
     ckpt = os.path.join(args.out, "ckpt.safetensors")
@@ -603,7 +588,7 @@ def decoder_finetune(args) -> None:
 def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
     """Writes the fp16 weights file (sd1x.save_weights format) of a training run: EMA UNet + text encoder from
     ``ckpt.safetensors`` and the VAE with the fine-tuned decoder (``decoder.safetensors``) when there is one."""
-    from ..models import sd1x
+    from ..comfy_bridge import models as sd1x
 
     tensors, meta = load_ckpt(os.path.join(out_dir, "ckpt.safetensors"))
     if meta["phase"] != "unet":
@@ -639,12 +624,9 @@ def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
 def split_weights(path: str, out_dir: str, max_mb: float = 15.0) -> list:
     """Splits a safetensors file into parts of at most ``max_mb`` MiB (whole tensors, same metadata in each), for
     transports with a per-file size limit; ``merge_weights`` puts them back together bit for bit."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from ..comfy_bridge.files import read_safetensors, save_safetensors
 
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    sd = load_file(path)
+    sd, meta = read_safetensors(path, "weights file", check_finite=False)
     parts, cur, size = [], {}, 0
     for k in sorted(sd):
         nb = sd[k].numel() * sd[k].element_size()
@@ -659,24 +641,22 @@ def split_weights(path: str, out_dir: str, max_mb: float = 15.0) -> list:
     base = os.path.splitext(os.path.basename(path))[0]
     for i, part in enumerate(parts):
         name = os.path.join(out_dir, f"{base}.part{i}.safetensors")
-        save_file(part, name, metadata=meta)
+        save_safetensors(name, part, meta)
         names.append(name)
     return names
 
 
 def merge_weights(paths, out_path: str) -> None:
     """Inverse of ``split_weights``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from ..comfy_bridge.files import read_safetensors, save_safetensors
 
-    sd = {}
-    for p in paths:
-        sd.update(load_file(p))
-    with safe_open(paths[0], framework="pt") as f:
-        meta = f.metadata() or {}
-    tmp = out_path + ".tmp"
-    save_file(sd, tmp, metadata=meta)
-    os.replace(tmp, out_path)
+    sd, meta = {}, {}
+    for i, p in enumerate(paths):
+        part, m = read_safetensors(p, "weights part", check_finite=False)
+        sd.update(part)
+        if i == 0:
+            meta = m
+    save_safetensors(out_path, sd, meta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -685,8 +665,8 @@ def merge_weights(paths, out_path: str) -> None:
 
 @torch.no_grad()
 def sample_images(mp, clip, vae, prompts, seed=0, steps=20, cfg=5.0, sampler="euler", scheduler="normal"):
-    """Text-to-image through comfy.sample.sample; returns float images [B,64,64,3] in [0,1]."""
-    import comfy.sample
+    """Text-to-image through ComfyUI's own sampling; returns float images [B,64,64,3] in [0,1]."""
+    from ..comfy_bridge.sampling import core_sample
 
     out = []
     uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
@@ -695,9 +675,7 @@ def sample_images(mp, clip, vae, prompts, seed=0, steps=20, cfg=5.0, sampler="eu
     for i, p in enumerate(prompts):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(p))
         latent = torch.zeros(1, 4, size // ds, size // ds)
-        noise = comfy.sample.prepare_noise(latent, seed + i)
-        s = comfy.sample.sample(mp, noise, steps, cfg, sampler, scheduler, cond, uncond, latent, denoise=1.0,
-                                seed=seed + i, disable_pbar=True)
+        s = core_sample(mp, cond, uncond, latent, steps, cfg, sampler, scheduler, seed=seed + i)
         out.append(vae.decode(s).float().reshape(-1, size, size, 3)[:1])
     return torch.cat(out)
 
@@ -792,16 +770,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import comfy.cli_args
+    from ..comfy_bridge import host
 
-    if args.cpu or not torch.cuda.is_available():  # before comfy.model_management is imported: it reads this once
-        comfy.cli_args.args.cpu = True
+    # before ComfyUI's model code is imported (it reads these once); SDPA: faster than sub-quadratic for training
+    host.configure(cpu=bool(args.cpu or not torch.cuda.is_available()), pytorch_attention=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    comfy.cli_args.args.use_pytorch_cross_attention = True  # SDPA: faster than sub-quadratic on CPU for training
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    _patch_clip_inplace()
 
     def _handler(signum, frame):
         log(f"signal {signum}: checkpointing and stopping")
@@ -820,7 +796,7 @@ def main(argv=None):
         tr.load()
     elif os.path.exists(tr.ckpt_path) and not args.resume:
         log(f"{tr.ckpt_path} exists; pass --resume to continue it (starting fresh, overwriting)")
-    from ..models import sd1x
+    from ..comfy_bridge import models as sd1x
 
     log(f"params {sd1x.count_parameters(tr.mp, tr.clip, tr.vae)} args {vars(args)}")
     tr.run()

@@ -19,10 +19,10 @@ chunk), with the diffusion loss of the paper (DDPM's simplified objective)
    exactly e_opt (which the fine-tuned model turns back into the photo); the paper picks eta in 0.6-0.8. The
    community pipeline's alpha = 1.2 extrapolates past the target; eta up to :data:`ETA_MAX` is accepted.
 
-Training runs through the shared concept-training machinery (``training/common.py``: :class:`TrainingSession`
-loads the model with ComfyUI's ``load_models_gpu`` and makes inference-mode weights trainable, :func:`eps_loss`,
-:class:`BestSoFar`, :class:`TrainingInterrupted`). e_opt is a plain tensor (the reference optimises the text
-encoder's output, not token embeddings), so no gradient goes through CLIP. The graph's MODEL is never changed.
+Training runs through the trainers' shared machinery (a ``training.fit.Session``, comfy_bridge.training's
+TrainingSession on ComfyUI; ``training/objectives.py``'s loss and ``training/fit.py``'s loop with best-so-far and
+interrupt). e_opt is a plain tensor (the reference optimises the text encoder's output, not token embeddings), so
+no gradient goes through CLIP. The graph's MODEL is never changed. Nothing here imports ComfyUI.
 
 File (:func:`save_imagic` / :func:`load_imagic`), ``attention_edit.imagic`` safetensors, everything float32:
 
@@ -46,18 +46,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from comfy.model_management import InterruptProcessingException
-
-from .common import (BestSoFar, TrainingInterrupted, TrainingSession, eps_loss, file_in_folder,
-                     save_safetensors_atomic, throw_if_interrupted, validate_name)
-from .custom_diffusion import _DeltaWrapper, base_weight
-from .textual_inversion import _vae_factor
+from .fit import TrainingInterrupted, fit
+from .objectives import eps_loss
 
 __all__ = [
     "FORMAT", "TRAIN_MODES", "DEFAULT_LEARNING_RATES", "EMBEDDING_DEFAULTS", "FINETUNE_DEFAULTS", "ETA_MIN",
-    "ETA_MAX", "ETA_DEFAULT", "Imagic", "is_imagic", "target_embedding", "encode_photo", "optimize_embedding",
-    "finetune", "trained_keys", "interpolate", "conditioning", "parse_etas", "sweep", "apply_imagic", "save_imagic",
-    "load_imagic", "eta_grid",
+    "ETA_MAX", "ETA_DEFAULT", "Imagic", "is_imagic", "target_embedding", "check_photo", "check_latent_channels",
+    "optimize_embedding", "finetune", "trained_keys", "file_key", "check_patches", "interpolate", "conditioning",
+    "parse_etas", "sweep", "imagic_file", "imagic_from_file", "eta_grid",
 ]
 
 FORMAT = "attention_edit.imagic"
@@ -136,18 +132,12 @@ def _file_metadata(im: Imagic) -> dict:
 # inputs
 # ----------------------------------------------------------------------------------------------------------------
 
-def _context_dim(model_patcher) -> Optional[int]:
-    uc = getattr(getattr(model_patcher.model, "model_config", None), "unet_config", None) or {}
-    d = uc.get("context_dim")
-    return int(d) if d else None
-
-
-def target_embedding(cond, model_patcher=None, what: str = "target conditioning"):
+def target_embedding(cond, context_dim: Optional[int] = None, what: str = "target conditioning"):
     """(e_tgt float32 [1, T, d] CPU copy, pooled_output or None) of a CONDITIONING (CLIP Text Encode's output).
 
     ValueError when it is not exactly one plain text conditioning of one prompt (Conditioning Combine / Concat /
     timestep ranges / area or mask entries are refused: Imagic optimises one embedding), or when its width d is not
-    the model's context_dim."""
+    the model's ``context_dim`` (when given)."""
     if cond is None:
         raise ValueError(f"no {what} was connected: encode the target text with CLIP Text Encode")
     if not isinstance(cond, (list, tuple)) or not cond or not isinstance(cond[0], (list, tuple)) or len(cond[0]) < 2:
@@ -163,7 +153,7 @@ def target_embedding(cond, model_patcher=None, what: str = "target conditioning"
     if not torch.is_tensor(emb) or emb.ndim != 3 or emb.shape[0] != 1:
         raise ValueError(f"the {what} must be one text embedding [1, tokens, width], got "
                          f"{tuple(emb.shape) if torch.is_tensor(emb) else type(emb).__name__}")
-    d = _context_dim(model_patcher) if model_patcher is not None else None
+    d = context_dim
     if d is not None and emb.shape[-1] != d:
         raise ValueError(f"the {what} is {emb.shape[-1]} wide but this model takes {d}-wide text embeddings: "
                          "encode the text with the CLIP of the same checkpoint")
@@ -174,12 +164,13 @@ def target_embedding(cond, model_patcher=None, what: str = "target conditioning"
     return e, p
 
 
-def encode_photo(image, vae) -> torch.Tensor:
-    """The photo's latent, float32 [1, C, h, w] on the CPU, as VAE Encode returns it.
+def check_photo(image, factor: int) -> torch.Tensor:
+    """The photo as an RGB IMAGE [1, H, W, 3], checked for Imagic.
 
-    image: IMAGE [1, H, W, C] in [0, 1]. ValueError for no image, a batch of several (Imagic edits one photo), or a
-    size the model cannot take: H and W must be multiples of the VAE's factor (8 for SD1.x) and give at least one
-    latent pixel; ComfyUI's VAE Encode would silently crop, which shifts the reconstruction against the photo."""
+    image: IMAGE [1, H, W, C] in [0, 1]; factor: the VAE's downscale factor. ValueError for no image, a batch of
+    several (Imagic edits one photo), or a size the model cannot take: H and W must be multiples of ``factor`` (8
+    for SD1.x) and give at least one latent pixel; ComfyUI's VAE Encode would silently crop, which shifts the
+    reconstruction against the photo."""
     if image is None:
         raise ValueError("no photo was connected: Imagic edits one photo (Load Image)")
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
@@ -188,31 +179,21 @@ def encode_photo(image, vae) -> torch.Tensor:
     if image.shape[0] != 1:
         raise ValueError(f"Imagic edits one photo, but the IMAGE is a batch of {image.shape[0]}: pick one with "
                          "'Image From Batch' (each photo needs its own Imagic run)")
-    if vae is None:
-        raise ValueError("no VAE was connected: connect the VAE of the checkpoint")
-    f = _vae_factor(vae)
+    f = int(factor)
     h, w = int(image.shape[1]), int(image.shape[2])
     if h < f or w < f or h % f or w % f:
         hint = f"{max(f, w // f * f)}x{max(f, h // f * f)}"
         raise ValueError(f"the photo is {w}x{h} pixels; this model's VAE needs a width and height that are "
                          f"multiples of {f} (at least {f}): crop or scale it first (e.g. Image Scale to {hint}; "
                          "512x512 suits SD1.5)")
-    img = image[..., :3] if image.shape[-1] != 1 else image.expand(*image.shape[:-1], 3)
-    with torch.no_grad():
-        lat = vae.encode(img.float().clamp(0, 1))
-    with torch.inference_mode(False):
-        return lat.detach().float().cpu().clone()
+    return image[..., :3] if image.shape[-1] != 1 else image.expand(*image.shape[:-1], 3)
 
 
-def _model_latent(model_patcher, photo_latent: torch.Tensor) -> torch.Tensor:
-    """The photo latent scaled into the model's latent space (process_latent_in), float32, not an inference
-    tensor. ValueError when its channel count is not the model's."""
-    ch = getattr(getattr(model_patcher.model, "latent_format", None), "latent_channels", None)
-    if ch is not None and photo_latent.shape[1] != ch:
-        raise ValueError(f"the photo latent has {photo_latent.shape[1]} channels but this model takes {ch}: use the "
-                         "VAE of the same checkpoint")
-    with torch.inference_mode(False):
-        return model_patcher.model.process_latent_in(photo_latent.clone()).float().clone()
+def check_latent_channels(photo_latent: torch.Tensor, channels: Optional[int]) -> None:
+    """ValueError when the photo latent's channel count is not the model's."""
+    if channels is not None and photo_latent.shape[1] != channels:
+        raise ValueError(f"the photo latent has {photo_latent.shape[1]} channels but this model takes {channels}: "
+                         "use the VAE of the same checkpoint")
 
 
 def _check_steps_lr(steps, learning_rate):
@@ -231,9 +212,9 @@ def _probe(T: int, shape, seed: int, k: int = PROBE_POINTS):
     return [(int((j + 0.5) / k * T), torch.randn(shape, generator=gen)) for j in range(k)]
 
 
-def _probe_loss(sess, x0, context, probe) -> float:
+def _probe_loss(session, x0, context, probe) -> float:
     with torch.no_grad():
-        return sum(float(eps_loss(sess, x0, noise, sess.sigmas_for(torch.tensor([t])), context))
+        return sum(float(eps_loss(session, x0, noise, session.sigmas_for(torch.tensor([t])), context))
                    for t, noise in probe) / len(probe)
 
 
@@ -241,100 +222,81 @@ def _probe_loss(sess, x0, context, probe) -> float:
 # step 1: text-embedding optimisation
 # ----------------------------------------------------------------------------------------------------------------
 
-def optimize_embedding(model_patcher, photo_latent: torch.Tensor, e_tgt: torch.Tensor,
+def optimize_embedding(session, x0: torch.Tensor, photo_latent: torch.Tensor, e_tgt: torch.Tensor,
                        pooled_output: Optional[torch.Tensor] = None, steps: int = 500, learning_rate: float = 1e-3,
-                       seed: int = 0, gradient_checkpointing: bool = False, name: str = "",
+                       seed: int = 0, name: str = "",
                        progress: Optional[Callable[[int, int], None]] = None) -> Imagic:
     """Imagic step 1: e_opt = argmin_e E_{t, eps} || eps - f_theta(x_t, t, e) ||^2 from e = e_tgt, model frozen.
 
-    photo_latent: [1, C, h, w] as VAE Encode returns it (:func:`encode_photo`); e_tgt: [1, T, d]
-    (:func:`target_embedding`). Adam at ``learning_rate``, one noise sample at one uniform random timestep per step
-    (the reference's recipe). The graph's model is not changed (a clone is loaded for training).
-    progress(done, total) after every step (ComfyUI's ProgressBar raises on /interrupt). Returns an
-    :class:`Imagic` with e_opt, the step losses and the probe losses (a fixed set of 8 timesteps and noises)
-    before/after in ``metadata``. Raises ValueError on bad input and TrainingInterrupted carrying an Imagic with the
-    best e_opt so far (lowest smoothed loss) on interrupt."""
-    t0 = time.time()
+    session: a ``training.fit.Session`` over a clone of the MODEL (comfy_bridge.training.TrainingSession);
+    x0: [1, C, h, w] the photo in the model's latent space; photo_latent: the same as VAE Encode returns it (kept in
+    the result); e_tgt: [1, T, d] (:func:`target_embedding`). Adam at ``learning_rate``, one noise sample at one
+    uniform random timestep per step (the reference's recipe). Returns an :class:`Imagic` with e_opt, the step
+    losses and the probe losses (a fixed set of 8 timesteps and noises) before/after in ``metadata``. Raises
+    ValueError on bad input and TrainingInterrupted carrying an Imagic with the best e_opt so far (lowest smoothed
+    loss) on interrupt."""
     steps, lr = _check_steps_lr(steps, learning_rate)
-    e_tgt, _ = target_embedding([[e_tgt, {}]], model_patcher)
-    x0 = _model_latent(model_patcher, photo_latent)
     settings = {"steps": steps, "learning_rate": lr, "seed": int(seed), "optimizer": "Adam",
                 "photo_latent_size": list(photo_latent.shape[-2:])}
     gen = torch.Generator().manual_seed(int(seed))
-    mp = model_patcher.clone()
-    with TrainingSession(mp, None, gradient_checkpointing) as sess:
-        T = sess.num_timesteps()
-        e = torch.nn.Parameter(e_tgt.clone().to(sess.device))
-        opt = torch.optim.Adam([e], lr=lr)
-        stepper = sess.grad_scaler()
-        probe = _probe(T, x0.shape, seed)
-        before = _probe_loss(sess, x0, e, probe)
-        best = BestSoFar(max(5, steps // 20), lambda: {"e_opt": e})
-        losses: list = []
+    T = session.num_timesteps()
+    e = torch.nn.Parameter(e_tgt.clone().to(session.device))
+    opt = torch.optim.Adam([e], lr=lr)
+    stepper = session.grad_scaler()
+    probe = _probe(T, x0.shape, seed)
+    before = _probe_loss(session, x0, e, probe)
 
-        def result(e_opt: torch.Tensor, interrupted: bool, after: float) -> Imagic:
-            meta = {f"embedding.{k}": v for k, v in settings.items()}
-            meta.update({"embedding.steps_done": len(losses), "embedding.interrupted": interrupted,
-                         "embedding.best_step": best.best_step if interrupted else len(losses),
-                         "embedding.probe_loss_before": before, "embedding.probe_loss_after": after,
-                         "embedding.seconds": round(time.time() - t0, 3)})
-            return Imagic(e_tgt.clone(), e_opt.detach().float().cpu().clone(), photo_latent.detach().float().cpu()
-                          .clone(), pooled_output, {}, name, list(losses), [], meta)
+    def step(_):
+        ts = torch.randint(0, T, (1,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = eps_loss(session, x0, noise, session.sigmas_for(ts), e)
+        stepper.step(opt, loss)
+        return float(loss.detach())
 
-        try:
-            for step in range(steps):
-                throw_if_interrupted()
-                ts = torch.randint(0, T, (1,), generator=gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                loss = eps_loss(sess, x0, noise, sess.sigmas_for(ts), e)
-                stepper.step(opt, loss)
-                losses.append(float(loss.detach()))
-                best.update(step + 1, losses[-1])
-                if progress is not None:
-                    progress(step + 1, steps)
-        except InterruptProcessingException:
-            kept = best.state.get("e_opt", e.detach())
-            e.data.copy_(kept.to(e.device))
-            raise TrainingInterrupted(result(kept, True, _probe_loss(sess, x0, e, probe))) from None
-        return result(e.detach(), False, _probe_loss(sess, x0, e, probe))
+    run = fit(step, steps, lambda: {"e_opt": e}, session, progress)
+
+    def result(e_opt: torch.Tensor, after: float) -> Imagic:
+        meta = {f"embedding.{k}": v for k, v in settings.items()}
+        meta.update({"embedding.steps_done": run.steps_done, "embedding.interrupted": run.interrupted,
+                     "embedding.best_step": run.best_step, "embedding.probe_loss_before": before,
+                     "embedding.probe_loss_after": after, "embedding.seconds": round(run.seconds, 3)})
+        return Imagic(e_tgt.clone(), e_opt.detach().float().cpu().clone(), photo_latent.detach().float().cpu()
+                      .clone(), pooled_output, {}, name, list(run.losses), [], meta)
+
+    if run.interrupted:
+        kept = run.state.get("e_opt", e.detach())
+        with torch.no_grad():
+            e.copy_(kept.to(e.device))
+        raise TrainingInterrupted(result(kept, _probe_loss(session, x0, e, probe)))
+    return result(e.detach(), _probe_loss(session, x0, e, probe))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # step 2: fine-tuning
 # ----------------------------------------------------------------------------------------------------------------
 
-def _weight_modules(model_patcher):
-    """(module name, module) of every ComfyUI op of the UNet (modules with a ``weight_function``: the ones whose
-    weights ComfyUI patches and wraps)."""
-    return [(n, m) for n, m in model_patcher.model.named_modules()
-            if n.startswith("diffusion_model.") and hasattr(m, "weight_function")]
-
-
-def trained_keys(model_patcher, mode: str = "lora") -> list:
+def trained_keys(weights, mode: str = "lora") -> list:
     """The model keys (``diffusion_model.....weight`` / ``.bias``) a fine-tuning mode changes, sorted.
 
-    lora: every weight with 2 or more dimensions (linear and convolution layers), biases and norms stay;
-    attention: weights and biases of the attn1 (self) and attn2 (cross) attention projections; full: every UNet
-    parameter."""
+    weights: [(model key, tensor, module name, attribute)] of the UNet's patchable weights
+    (comfy_bridge.training.weight_keys). lora: every weight with 2 or more dimensions (linear and convolution
+    layers), biases and norms stay; attention: weights and biases of the attn1 (self) and attn2 (cross) attention
+    projections; full: every UNet parameter."""
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
     keys = []
-    for n, m in _weight_modules(model_patcher):
-        for attr in ("weight", "bias"):
-            p = getattr(m, attr, None)
-            if not isinstance(p, torch.Tensor):
-                continue
-            if mode == "lora" and (attr != "weight" or p.ndim < 2):
-                continue
-            if mode == "attention" and ".attn1." not in n + "." and ".attn2." not in n + ".":
-                continue
-            keys.append(f"{n}.{attr}")
+    for key, p, n, attr in weights:
+        if mode == "lora" and (attr != "weight" or p.ndim < 2):
+            continue
+        if mode == "attention" and ".attn1." not in n + "." and ".attn2." not in n + ".":
+            continue
+        keys.append(key)
     if not keys:
         raise ValueError(f"this model has no UNet weights for mode {mode!r} (an SD1.x-style UNet is needed)")
     return sorted(keys)
 
 
-def _file_key(key: str) -> str:
+def file_key(key: str) -> str:
     """Model key -> key of the file's generic ComfyUI LoRA format for a delta (``X.weight`` -> ``X.diff``,
     ``X.bias`` -> ``X.diff_b``)."""
     if key.endswith(".weight"):
@@ -344,139 +306,101 @@ def _file_key(key: str) -> str:
     raise ValueError(f"cannot store {key} as a delta")
 
 
-def finetune(model_patcher, imagic: Imagic, mode: str = "lora", rank: int = 8, steps: int = 500,
-             learning_rate: Optional[float] = None, seed: int = 0, gradient_checkpointing: bool = False,
-             progress: Optional[Callable[[int, int], None]] = None) -> Imagic:
+def finetune_learning_rate(mode: str, learning_rate: Optional[float]) -> float:
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
+    return DEFAULT_LEARNING_RATES[mode] if not learning_rate else learning_rate
+
+
+def finetune(session, x0: torch.Tensor, imagic: Imagic, params: dict, constants: dict, mode: str = "lora",
+             rank: int = 8, steps: int = 500, learning_rate: Optional[float] = None, seed: int = 0,
+             progress: Optional[Callable[[int, int], None]] = None, trained_tensors: int = 0) -> Imagic:
     """Imagic step 2: theta_hat = argmin_theta E_{t, eps} || eps - f_theta(x_t, t, e_opt) ||^2, e_opt frozen.
 
-    The change is trained through differentiable weight wrappers on a clone of the MODEL (ComfyUI's
-    ``add_weight_wrapper``, as its own LoRA trainer): ``lora`` wraps each trained weight W in ComfyUI's LoRA training
-    adapter (W + (alpha / rank) B A, B zero at the start, alpha = rank); ``full`` / ``attention`` in W + dW with a
-    zero-initialised float32 dW. Adam at ``learning_rate`` (None or 0: :data:`DEFAULT_LEARNING_RATES`), one noise
-    sample at one uniform random timestep per step. Returns a new :class:`Imagic` with ``unet`` (the file's LoRA-key
-    tensors; :func:`apply_imagic` turns them into weight patches) and the probe losses before/after. On interrupt
+    session: a ``training.fit.Session`` over a clone of the MODEL whose trained weights go through differentiable
+    weight wrappers: ``params`` {file key: trainable tensor} are ComfyUI's LoRA training adapters (``lora``:
+    W + (alpha / rank) B A, B zero at the start, alpha = rank; comfy_bridge.training.add_lora_adapters, with their
+    ``constants`` {file key: alpha}) or zero float32 deltas W + dW (``full`` / ``attention``; under
+    :func:`file_key` names). x0: the photo in the model's latent space. Adam at ``learning_rate`` (None or 0:
+    :data:`DEFAULT_LEARNING_RATES`), one noise sample at one uniform random timestep per step. Returns a new
+    :class:`Imagic` with ``unet`` (the file's LoRA-key tensors) and the probe losses before/after. On interrupt
     raises TrainingInterrupted carrying the result so far: for lora the best state (lowest smoothed loss), for
     full/attention the latest state (copying the whole UNet at every improving step would cost more than the
     step)."""
-    import comfy.weight_adapter as wa
-
-    t0 = time.time()
-    if mode not in TRAIN_MODES:
-        raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
-    lr = DEFAULT_LEARNING_RATES[mode] if not learning_rate else learning_rate
+    lr = finetune_learning_rate(mode, learning_rate)
     steps, lr = _check_steps_lr(steps, lr)
-    rank = int(rank)
-    if mode == "lora" and rank < 1:
-        raise ValueError(f"the LoRA rank must be at least 1, got {rank}")
     if not is_imagic(imagic):
         raise ValueError("connect the IMAGIC output of 'Imagic 1: Optimise Embedding' (or Load Imagic)")
-    e_opt, _ = target_embedding([[imagic.e_opt, {}]], model_patcher, "optimised embedding (e_opt)")
-    x0 = _model_latent(model_patcher, imagic.photo_latent)
-    keys = trained_keys(model_patcher, mode)
-    settings = {"mode": mode, "rank": rank if mode == "lora" else 0, "steps": steps, "learning_rate": lr,
-                "seed": int(seed), "optimizer": "Adam", "trained_tensors": len(keys)}
-
-    mp = model_patcher.clone()
-    dev = mp.load_device
-    params: dict = {}       # file key -> trainable tensor
-    constants: dict = {}    # file key -> fixed tensor (LoRA alpha)
-    with torch.inference_mode(False):
-        if mode == "lora":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed) + 7)
-                for key in keys:
-                    w = base_weight(model_patcher, key)
-                    r = min(rank, int(w.shape[0]), int(w[0].numel()))
-                    adapter = wa.LoRAAdapter.create_train(w.detach(), rank=r, alpha=float(r)).float()
-                    mod = key[:-len(".weight")]
-                    params[f"{mod}.lora_up.weight"] = adapter.lora_up.weight
-                    params[f"{mod}.lora_down.weight"] = adapter.lora_down.weight
-                    constants[f"{mod}.alpha"] = torch.tensor(float(r))
-                    mp.add_weight_wrapper(key, adapter)
-        else:
-            for key in keys:
-                d = torch.zeros(base_weight(model_patcher, key).shape, dtype=torch.float32, device=dev,
-                                requires_grad=True)
-                params[_file_key(key)] = d
-                mp.add_weight_wrapper(key, _DeltaWrapper(d))
-    n_params = sum(p.numel() for p in params.values())
-    settings["trained_parameters"] = int(n_params)
-
+    settings = {"mode": mode, "rank": int(rank) if mode == "lora" else 0, "steps": steps, "learning_rate": lr,
+                "seed": int(seed), "optimizer": "Adam", "trained_tensors": int(trained_tensors),
+                "trained_parameters": int(sum(p.numel() for p in params.values()))}
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    with TrainingSession(mp, None, gradient_checkpointing) as sess:
-        T = sess.num_timesteps()
-        ctx = e_opt.to(sess.device)
-        for p in params.values():
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(list(params.values()), lr=lr)
-        stepper = sess.grad_scaler()
-        probe_seed = imagic.metadata.get("embedding.seed")
-        probe = _probe(T, x0.shape, probe_seed if isinstance(probe_seed, int) else seed)
-        before = _probe_loss(sess, x0, ctx, probe)
-        best = BestSoFar(max(5, steps // 20), lambda: params) if mode == "lora" else None
-        losses: list = []
+    T = session.num_timesteps()
+    ctx = imagic.e_opt.float().to(session.device)
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    stepper = session.grad_scaler()
+    probe_seed = imagic.metadata.get("embedding.seed")
+    probe = _probe(T, x0.shape, probe_seed if isinstance(probe_seed, int) else seed)
+    before = _probe_loss(session, x0, ctx, probe)
 
-        def result(state: dict, interrupted: bool, after: float) -> Imagic:
-            unet = {k: v.detach().float().cpu().clone() for k, v in state.items()}
-            unet.update({k: v.clone() for k, v in constants.items()})
-            meta = {k: v for k, v in imagic.metadata.items() if not k.startswith("finetune.")}
-            meta.update({f"finetune.{k}": v for k, v in settings.items()})
-            meta.update({"finetune.steps_done": len(losses), "finetune.interrupted": interrupted,
-                         "finetune.best_step": (best.best_step if (interrupted and best) else len(losses)),
-                         "finetune.probe_loss_before": before, "finetune.probe_loss_after": after,
-                         "finetune.seconds": round(time.time() - t0, 3)})
-            return dataclasses.replace(imagic, e_opt=e_opt.clone(), unet=unet, finetune_losses=list(losses),
-                                       metadata=meta)
+    def step(_):
+        ts = torch.randint(0, T, (1,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = eps_loss(session, x0, noise, session.sigmas_for(ts), ctx)
+        stepper.step(opt, loss)
+        return float(loss.detach())
 
-        try:
-            for step in range(steps):
-                throw_if_interrupted()
-                ts = torch.randint(0, T, (1,), generator=gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                loss = eps_loss(sess, x0, noise, sess.sigmas_for(ts), ctx)
-                stepper.step(opt, loss)
-                losses.append(float(loss.detach()))
-                if best is not None:
-                    best.update(step + 1, losses[-1])
-                if progress is not None:
-                    progress(step + 1, steps)
-        except InterruptProcessingException:
-            state = best.state if (best is not None and best.state) else params
-            with torch.no_grad():
-                for k, v in state.items():
-                    if params[k] is not v:
-                        params[k].copy_(v.to(params[k].device))
-            raise TrainingInterrupted(result(state, True, _probe_loss(sess, x0, ctx, probe))) from None
-        return result(params, False, _probe_loss(sess, x0, ctx, probe))
+    run = fit(step, steps, lambda: params, session, progress, keep_best=(mode == "lora"))
+
+    def result(state: dict, after: float) -> Imagic:
+        unet = {k: v.detach().float().cpu().clone() for k, v in state.items()}
+        unet.update({k: v.clone() for k, v in constants.items()})
+        meta = {k: v for k, v in imagic.metadata.items() if not k.startswith("finetune.")}
+        meta.update({f"finetune.{k}": v for k, v in settings.items()})
+        meta.update({"finetune.steps_done": run.steps_done, "finetune.interrupted": run.interrupted,
+                     "finetune.best_step": run.best_step, "finetune.probe_loss_before": before,
+                     "finetune.probe_loss_after": after, "finetune.seconds": round(run.seconds, 3)})
+        return dataclasses.replace(imagic, e_opt=imagic.e_opt.clone(), unet=unet, finetune_losses=list(run.losses),
+                                   metadata=meta)
+
+    if run.interrupted:
+        with torch.no_grad():
+            for k, v in run.state.items():
+                params[k].copy_(v.to(params[k].device))
+        raise TrainingInterrupted(result(run.state, _probe_loss(session, x0, ctx, probe)))
+    return result(params, _probe_loss(session, x0, ctx, probe))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # applying the fine-tuned change
 # ----------------------------------------------------------------------------------------------------------------
 
-def _patches(model_patcher, unet: dict, what: str) -> dict:
-    """Weight patches {model key: patch} of the file's LoRA-key tensors, made by ComfyUI's own LoRA loader
-    (``comfy.lora.load_lora``); ValueError naming the keys when some do not fit this model (other keys or shapes)."""
-    import comfy.lora
+def unet_tensors(imagic_or_unet) -> dict:
+    """The fine-tuned change's LoRA-key tensors of an Imagic (or such a dict itself)."""
+    return imagic_or_unet.unet if is_imagic(imagic_or_unet) else dict(imagic_or_unet or {})
 
-    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+
+def check_patches(patches: dict, unet: dict, shapes: dict, what: str) -> None:
+    """ValueError naming the keys when the file's LoRA-key tensors ``unet`` do not fit the model: keys ComfyUI's
+    LoRA loader did not turn into ``patches`` ({model key: ("diff", (dW,)) or an adapter with ``.weights``}), or
+    patches whose shapes differ from the model's ``shapes`` {model key: shape}."""
     used = {k for k in unet if not k.startswith(PREFIX)}
-    patches = comfy.lora.load_lora({k: unet[k] for k in used}, key_map, log_missing=False)
-    sd = dict(model_patcher.model.named_parameters())
     loaded, bad = set(), []
     for key, patch in patches.items():
-        w = sd.get(key)
+        w = shapes.get(key)
         if isinstance(patch, tuple):  # ("diff", (dW,))
-            loaded.add(_file_key(key))
+            loaded.add(file_key(key))
             d = patch[1][0]
-            if w is not None and tuple(d.shape) != tuple(w.shape):
-                bad.append(f"{key}: file {list(d.shape)} vs model {list(w.shape)}")
+            if w is not None and tuple(d.shape) != tuple(w):
+                bad.append(f"{key}: file {list(d.shape)} vs model {list(w)}")
         else:  # a LoRA adapter: up [out, r], down [r, in]
             mod = key[:-len(".weight")]
             loaded.update(f"{mod}.{s}" for s in ("lora_up.weight", "lora_down.weight", "alpha"))
             up, down = patch.weights[0], patch.weights[1]
-            if w is not None and (up.shape[0] != w.shape[0] or down[0].numel() != w[0].numel()):
-                bad.append(f"{key}: file {list(up.shape)} x {list(down.shape)} vs model {list(w.shape)}")
+            if w is not None and (up.shape[0] != w[0] or down[0].numel() != math.prod(w[1:])):
+                bad.append(f"{key}: file {list(up.shape)} x {list(down.shape)} vs model {list(w)}")
     missing = sorted(used - loaded)
     if missing or bad:
         parts = []
@@ -485,17 +409,6 @@ def _patches(model_patcher, unet: dict, what: str) -> dict:
         if bad:
             parts.append(f"{len(bad)} with other shapes, e.g. {'; '.join(bad[:3])}")
         raise ValueError(f"{what} does not fit this model (made for another checkpoint?): " + " and ".join(parts))
-    return patches
-
-
-def apply_imagic(model_patcher, imagic_or_unet, strength: float = 1.0, what: str = "the Imagic result"):
-    """A clone of ``model_patcher`` with the fine-tuned change as weight patches at ``strength`` (1 = as
-    trained); the input is not changed. An embedding-only result gives a plain clone."""
-    unet = imagic_or_unet.unet if is_imagic(imagic_or_unet) else dict(imagic_or_unet or {})
-    m = model_patcher.clone()
-    if unet:
-        m.add_patches(_patches(model_patcher, unet, what), float(strength))
-    return m
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -580,10 +493,8 @@ def sweep(imagic: Imagic, etas: Sequence[float], target=None):
 # files
 # ----------------------------------------------------------------------------------------------------------------
 
-def save_imagic(folder: str, imagic: Imagic, name: Optional[str] = None) -> str:
-    """Writes ``<folder>/<name>.safetensors`` atomically (see the module docstring); returns the path."""
-    name = validate_name(name or imagic.name, "Imagic name")
-    path = file_in_folder(folder, name + ".safetensors")
+def imagic_file(imagic: Imagic, name: str) -> tuple:
+    """(tensors, metadata) of the Imagic file of ``imagic`` under ``name`` (see the module docstring)."""
     im = dataclasses.replace(imagic, name=name)
     tensors = {PREFIX + "e_tgt": im.e_tgt, PREFIX + "e_opt": im.e_opt, PREFIX + "photo_latent": im.photo_latent}
     if im.pooled_output is not None:
@@ -593,26 +504,18 @@ def save_imagic(folder: str, imagic: Imagic, name: Optional[str] = None) -> str:
     meta = _file_metadata(im)
     meta["embedding_losses"] = [round(x, 6) for x in im.embedding_losses]
     meta["finetune_losses"] = [round(x, 6) for x in im.finetune_losses]
-    return save_safetensors_atomic(path, {k: v.float() for k, v in tensors.items()}, meta)
+    return {k: v.float() for k, v in tensors.items()}, meta
 
 
-def load_imagic(path: str) -> Imagic:
-    """Reads a file written by :func:`save_imagic`; ValueError when it is not one."""
-    import os
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(path):
-        raise ValueError(f"no Imagic file at {path}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            raw = dict(f.metadata() or {})
-        sd = load_file(path, device="cpu")
-    except Exception as exc:
-        raise ValueError(f"{os.path.basename(path)} is not a readable safetensors file: {exc}") from None
-    if raw.get("format") != FORMAT or any(PREFIX + k not in sd for k in ("e_tgt", "e_opt", "photo_latent")):
-        raise ValueError(f"{os.path.basename(path)} is not an Imagic file of this pack (format {FORMAT!r})")
+def imagic_from_file(tensors: dict, raw: dict, name: str) -> Imagic:
+    """The Imagic of a file's (tensors, metadata); ValueError naming the file when it is not one of this pack or
+    lacks a tensor."""
+    missing = [PREFIX + k for k in ("e_tgt", "e_opt", "photo_latent") if PREFIX + k not in tensors]
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{name} is not an Imagic file of this pack (format {FORMAT!r})")
+    if missing:
+        raise ValueError(f"{name} has the Imagic metadata but lacks the tensor(s) {', '.join(missing)}: it is "
+                         "incomplete or was edited; run the Imagic nodes again")
     meta = {}
     for k, v in raw.items():
         try:
@@ -623,11 +526,11 @@ def load_imagic(path: str) -> Imagic:
     ft_losses = meta.pop("finetune_losses", []) or []
     for k in ("format", "version", "stage", "tokens", "width"):
         meta.pop(k, None)
-    name = str(meta.pop("name", os.path.splitext(os.path.basename(path))[0]))
+    stem = str(meta.pop("name", name))
     meta = {k: v for k, v in meta.items() if not k.startswith("distance.")}
-    unet = {k: v for k, v in sd.items() if not k.startswith(PREFIX)}
-    return Imagic(sd[PREFIX + "e_tgt"], sd[PREFIX + "e_opt"], sd[PREFIX + "photo_latent"],
-                  sd.get(PREFIX + "pooled_output"), unet, name, list(emb_losses), list(ft_losses), meta)
+    unet = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+    return Imagic(tensors[PREFIX + "e_tgt"], tensors[PREFIX + "e_opt"], tensors[PREFIX + "photo_latent"],
+                  tensors.get(PREFIX + "pooled_output"), unet, stem, list(emb_losses), list(ft_losses), meta)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -101,13 +101,12 @@ def photo_batch(names: Iterable[str], size: int | tuple[int, int] = 64):
 
 def save_input_photo(name: str = "cat", size: int | tuple[int, int] | None = 64, filename: str | None = None,
                      input_dir: str | os.PathLike | None = None) -> str:
-    """Writes a photo as PNG into ComfyUI's input folder (``folder_paths.get_input_directory()`` unless
-    *input_dir* is given, e.g. ``ComfyServer.input_dir``) and returns the file name that LoadImage's
-    ``image`` input takes."""
+    """Writes a photo as PNG into ComfyUI's input folder (the running host's, unless *input_dir* is given, e.g. a
+    test server's) and returns the file name that LoadImage's ``image`` input takes."""
     if input_dir is None:
-        import folder_paths
+        from ..comfy_bridge import files
 
-        input_dir = folder_paths.get_input_directory()
+        input_dir = files.input_dir()
     if filename is None:
         w, h = _size_wh(size) if size is not None else ("orig", "orig")
         filename = f"ae_{name}_{w}x{h}.png"

@@ -2,7 +2,7 @@
 
 ::
 
-    from attention_edit.testing.server import ComfyServer
+    from support.server import ComfyServer
     with ComfyServer() as srv:                      # ~5 s on a CPU machine
         pid = srv.post_prompt(api_prompt)           # POST /prompt
         entry = srv.wait(pid, timeout=120)          # polls GET /history/<id>; raises on an error status
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import requests
 
-from .comfy_env import PACKAGE_DIR, comfy_root, ui_files
+from attention_edit.headless.host import PACKAGE_DIR, comfy_root, ui_files
 
 __all__ = ["ComfyServer", "ServerError", "PromptRejected", "PromptFailed", "PromptTimeout", "free_port"]
 

@@ -1,4 +1,4 @@
-"""Small Stable Diffusion 1.x-architecture models built from ComfyUI's own classes.
+"""Model building: small Stable Diffusion 1.x-architecture models built from ComfyUI's own classes.
 
 ``build_sd1x(config)`` returns ``(model_patcher, clip, vae)`` exactly like CheckpointLoaderSimple does, but for a
 UNet / CLIP text encoder / AutoencoderKL of any (small) size:
@@ -345,10 +345,9 @@ def state_dicts(model_patcher, clip, vae) -> dict:
 
 
 def save_weights(path, model_patcher, clip, vae, dtype=torch.float16, extra_metadata: dict | None = None) -> None:
-    """Writes all three parts into one safetensors file (tmp file + os.replace); the config is in the metadata."""
-    import os
-
-    from safetensors.torch import save_file
+    """Writes all three parts into one safetensors file (atomically, comfy_bridge.files.save_safetensors); the
+    config is in the metadata."""
+    from .files import save_safetensors
 
     cfg = (getattr(model_patcher, "toy_config", None) or getattr(model_patcher.model, "toy_config", None)
            or getattr(vae, "toy_config", None))
@@ -363,24 +362,17 @@ def save_weights(path, model_patcher, clip, vae, dtype=torch.float16, extra_meta
     meta = {"format": "attention_edit.sd1x", "config": json.dumps(cfg.to_dict())}
     for k, v in (extra_metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    path = str(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    save_safetensors(str(path), tensors, meta)
 
 
 def read_weights(path):
     """Returns (config, state_dict, metadata) of a file written by save_weights."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .files import read_safetensors
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    sd, meta = read_safetensors(str(path), "model weights file", check_finite=False)
     if "config" not in meta:
         raise ValueError(f"{path}: no 'config' in the safetensors metadata (not written by save_weights?)")
-    cfg = config_from_any(json.loads(meta["config"]))
-    return cfg, load_file(str(path)), meta
+    return config_from_any(json.loads(meta["config"])), sd, meta
 
 
 def load_weights(path, dtype: torch.dtype | None = None):
@@ -389,30 +381,3 @@ def load_weights(path, dtype: torch.dtype | None = None):
     ``dtype`` None → the comfy.model_management default (fp32 on CPU; fp16 weights are upcast)."""
     cfg, sd, _ = read_weights(path)
     return build_sd1x(cfg, state_dict=sd, dtype=dtype)
-
-
-def _smoke() -> None:  # python -m attention_edit.models.sd1x
-    import time
-
-    import comfy.sample
-
-    t0 = time.time()
-    mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
-    print("build", round(time.time() - t0, 2), "s", count_parameters(mp, clip, vae))
-    tokens = clip.tokenize("a big red circle on the left")
-    cond = clip.encode_from_tokens_scheduled(tokens)
-    uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    latent = torch.zeros(1, 4, 8, 8)
-    noise = comfy.sample.prepare_noise(latent, 0)
-    t0 = time.time()
-    out = comfy.sample.sample(mp, noise, 10, 6.0, "euler", "normal", cond, uncond, latent, denoise=1.0, seed=0,
-                              disable_pbar=True)
-    img = vae.decode(out)
-    print("sample", tuple(out.shape), "decode", tuple(img.shape), round(time.time() - t0, 2), "s")
-
-
-if __name__ == "__main__":
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    _smoke()

@@ -6,10 +6,10 @@ jitter). ToyWorld's training data has only circles, squares and triangles, so ne
 UNet has seen a cross (and all three known shapes are convex). Four seeded renders of the concept (a big red cross
 at four positions on four backgrounds) train, through the same public functions the nodes call:
 
-  * textual inversion (``training.textual_inversion.train_textual_inversion``): a new word ``embedding:tw_cross``
+  * textual inversion (``nodes.training_nodes.textual_inversion``, the node's glue): a new word ``embedding:tw_cross``
     of 2 vectors that start from the initializer words "red square" (so before training the word IS "red square");
     the model is frozen;
-  * Custom Diffusion (``training.custom_diffusion.train_custom_diffusion``): modifier token "<v1>" (started from
+  * Custom Diffusion (``nodes.training_nodes.custom_diffusion``): modifier token "<v1>" (started from
     the reference's rare token "ktn"), class noun "red square", so training prompts read "a photo of a <v1> red
     square"; prior preservation on 8 rendered red squares. Mode "crossattn" (all of attn2; the node's option)
     and no rescale augmentation: in the tuning runs the K/V-only reference mode drew crosses less often and with
@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import editbench as eb
-from . import judge, scenes
+from ..toyworld import judge, scenes
 
 CONCEPT_SHAPE = "cross"
 ARM = 1.0 / 3.0  # arm width of the cross as a fraction of its extent
@@ -240,10 +240,10 @@ def closeness(img: np.ndarray, colour: str = "red", initializer: str = "square")
 
 def train_ti(tm: eb.ToyModel, refs: Sequence[np.ndarray], cs: ConceptSettings, steps: Optional[int] = None):
     """Textual inversion on the references (the node's function): (TIResult, CLIP clone that knows the word)."""
-    from ..training.common import clip_with_embeddings
-    from ..training.textual_inversion import train_textual_inversion
+    from ..comfy_bridge.text import clip_with_embeddings
+    from ..nodes.training_nodes import textual_inversion
 
-    res = train_textual_inversion(tm.model, tm.clip, tm.vae, images_tensor(refs), cs.ti_name, cs.initializer,
+    res = textual_inversion(tm.model, tm.clip, tm.vae, images_tensor(refs), cs.ti_name, cs.initializer,
                                   num_vectors=cs.ti_vectors, steps=cs.ti_steps if steps is None else steps,
                                   learning_rate=cs.ti_lr, batch_size=cs.ti_batch, seed=cs.train_seed,
                                   templates="object", resolution=scenes.SIZE)
@@ -253,10 +253,10 @@ def train_ti(tm: eb.ToyModel, refs: Sequence[np.ndarray], cs: ConceptSettings, s
 def train_cd(tm: eb.ToyModel, refs: Sequence[np.ndarray], cs: ConceptSettings, steps: Optional[int] = None):
     """Custom Diffusion on the references with rendered class images (the node's function):
     (CDResult, MODEL clone with the deltas, CLIP clone that knows the modifier token)."""
-    from ..training.custom_diffusion import apply_concept, train_custom_diffusion
+    from ..nodes.training_nodes import apply_concept, custom_diffusion
 
     cls = [s.image for s in class_scenes(cs)]
-    res = train_custom_diffusion(tm.model, tm.clip, tm.vae, images_tensor(refs), modifier_token=cs.modifier,
+    res = custom_diffusion(tm.model, tm.clip, tm.vae, images_tensor(refs), modifier_token=cs.modifier,
                                  class_noun=cs.initializer, initializer=cs.cd_token_init,
                                  class_images=images_tensor(cls) if cls else None,
                                  prior_loss_weight=cs.cd_prior_weight, mode=cs.cd_mode,
@@ -272,15 +272,14 @@ def train_cd(tm: eb.ToyModel, refs: Sequence[np.ndarray], cs: ConceptSettings, s
 def generate(tm: eb.ToyModel, model, clip, prompt: str, seed: int, cs: ConceptSettings) -> np.ndarray:
     """One 64x64 image of ``prompt`` from the seed's initial noise (euler, ``cs.steps``, cfg ``cs.cfg``), with
     the given MODEL/CLIP (the base model or a concept clone); decoded with ``tm``'s VAE."""
-    import comfy.sample
+    from ..comfy_bridge.sampling import core_sample
+    from ..comfy_bridge.text import encode
 
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((1, 4, 8, 8), generator=gen)
     with torch.no_grad():
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        lat = comfy.sample.sample(model, noise, cs.steps, cs.cfg, "euler", "normal", cond, uncond,
-                                  torch.zeros_like(noise), seed=int(seed), disable_pbar=True)
+        lat = core_sample(model, encode(clip, prompt), encode(clip, ""), torch.zeros_like(noise), cs.steps, cs.cfg,
+                          "euler", "normal", seed=int(seed), noise=noise)
     return eb.decode(tm, lat)[0]
 
 

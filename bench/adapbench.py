@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from . import editbench as eb
-from . import judge, scenes
+from ..toyworld import judge, scenes
 
 # name -> (FWT on, DPS on[, alpha_m pixel mask on]); "p2p" is the plain refine (and AdapEdit's first pass)
 VARIANTS = {"p2p": (False, False), "adapedit": (True, True), "no_fwt": (False, True), "no_dps": (True, False),
@@ -99,7 +99,7 @@ def edit_variants(tm: eb.ToyModel, inv, target: str, st: eb.Settings, variants: 
     """
     from ..attention.align import parse_cross_replace_steps
     from ..attention.recipe import DPSSpec, EditSpec, build_controller, fwt_schedule
-    from ..sampling.edit import edit
+    from ..comfy_bridge.sampling import edit
 
     variants = dict(VARIANTS if variants is None else variants)
     source = inv.source_prompt

@@ -38,32 +38,11 @@ _NS = uuid.UUID("6c1b3f0e-5d0a-4b8e-9d55-ae0000000001")
 # --------------------------------------------------------------------------------------------------
 
 def node_info(class_type: str) -> dict:
-    """GET /object_info/<class_type>, computed in-process exactly as ComfyUI 0.3.75's server.py does it
-    (``GET_NODE_INFO_V1()`` for V3 nodes). Needs an initialised in-process ComfyUI (comfy_env.init_comfy)."""
-    import nodes
+    """GET /object_info/<class_type>, computed in-process (comfy_bridge.host.node_info). Needs an initialised
+    in-process ComfyUI (headless.host.init_comfy)."""
+    from ..comfy_bridge import host
 
-    from comfy_api.internal import _ComfyNodeInternal
-
-    cls = nodes.NODE_CLASS_MAPPINGS.get(class_type)
-    if cls is None:
-        raise KeyError(f"node type {class_type!r} is not registered in ComfyUI")
-    if issubclass(cls, _ComfyNodeInternal):
-        return cls.GET_NODE_INFO_V1()
-    it = cls.INPUT_TYPES()
-    info = {
-        "input": it,
-        "input_order": {k: list(v.keys()) for k, v in it.items()},
-        "output": cls.RETURN_TYPES,
-        "output_is_list": getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES)),
-        "output_name": getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES),
-        "name": class_type,
-        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, class_type),
-        "description": getattr(cls, "DESCRIPTION", ""),
-        "python_module": getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"),
-        "category": getattr(cls, "CATEGORY", "sd"),
-        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
-    }
-    return info
+    return host.node_info(class_type)
 
 
 def object_info_for(prompts: list[Mapping[str, Any]]) -> dict:

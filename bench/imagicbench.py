@@ -15,7 +15,7 @@ colour by default, shape or size on request).
   eta of the sweep (core sampler "ddim", scheduler "ddim_uniform", cfg 7.5, empty negative prompt), as one batch
   with the same noise per row. eta 0 is the reconstruction (reported as a sanity figure).
 * SDEdit (plain img2img, Meng et al. 2022): the photo's VAE latent noised to strength s and denoised with the
-  target prompt by the same sampler, i.e. core KSampler with ``denoise = s`` (``comfy.sample.sample``), on the
+  target prompt by the same sampler, i.e. core KSampler with ``denoise = s`` (ComfyUI's own sampling), on the
   ORIGINAL model, at every strength of the sweep, with the same noise.
 
 "Matched strength". Imagic always samples the whole trajectory from pure noise (its structure comes from the
@@ -46,7 +46,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import judge, scenes
+from ..toyworld import judge, scenes
 from .editbench import ToyModel, decode, dilate, encode_image, iou, main_object, one_object_scene, psnr, to_image
 
 ATTRIBUTES = ("colour", "shape", "size")
@@ -128,12 +128,11 @@ def toward_source(e_tgt: torch.Tensor, e_opt: torch.Tensor, e_src: torch.Tensor)
 
 
 def _sample(model, noise, positive, negative, st: ImagicSettings, latent=None, denoise=1.0, seed=0):
-    import comfy.sample
+    from ..comfy_bridge.sampling import core_sample
 
     with torch.no_grad():
-        return comfy.sample.sample(model, noise, st.steps, st.cfg, st.sampler, st.scheduler, positive, negative,
-                                   torch.zeros_like(noise) if latent is None else latent, denoise=denoise,
-                                   seed=seed, disable_pbar=True)
+        return core_sample(model, positive, negative, torch.zeros_like(noise) if latent is None else latent,
+                           st.steps, st.cfg, st.sampler, st.scheduler, seed=seed, noise=noise, denoise=denoise)
 
 
 def run_imagic(tm: ToyModel, photo: np.ndarray, target: str, st: ImagicSettings):
@@ -141,17 +140,15 @@ def run_imagic(tm: ToyModel, photo: np.ndarray, target: str, st: ImagicSettings)
     completed with each stage's CPU time (``embedding.cpu_seconds``, ``finetune.cpu_seconds``)."""
     import dataclasses
 
-    from ..training import imagic as im
+    from ..nodes import imagic_nodes as glue
 
     with torch.inference_mode():
-        lat = im.encode_photo(to_image(photo), tm.vae)
-        e_tgt, pooled = im.target_embedding(tm.encode(target), tm.model)
         c0 = time.process_time()
-        r1 = im.optimize_embedding(tm.model, lat, e_tgt, pooled, steps=st.emb_steps, learning_rate=st.emb_lr,
-                                   seed=st.train_seed)
+        r1 = glue.optimize_embedding(tm.model, tm.vae, to_image(photo), tm.encode(target), steps=st.emb_steps,
+                                     learning_rate=st.emb_lr, seed=st.train_seed)
         c1 = time.process_time()
-        r2 = im.finetune(tm.model, r1, mode=st.mode, rank=st.rank, steps=st.ft_steps, learning_rate=st.ft_lr,
-                         seed=st.train_seed)
+        r2 = glue.finetune(tm.model, r1, mode=st.mode, rank=st.rank, steps=st.ft_steps, learning_rate=st.ft_lr,
+                           seed=st.train_seed)
         c2 = time.process_time()
     return dataclasses.replace(r2, metadata={**r2.metadata, "embedding.cpu_seconds": c1 - c0,
                                              "finetune.cpu_seconds": c2 - c1})
@@ -166,6 +163,7 @@ def imagic_case(tm: ToyModel, seed: int, st: ImagicSettings, attribute: str = "c
     sample_imagic, sample_sdedit} (wall / CPU seconds), "losses" {embedding_before/after,
     finetune_before/after}}`` and, with ``keep_images``, ``"images": {"photo", "recon", "imagic": {eta: img},
     "sdedit": {s: img}}``."""
+    from ..nodes import imagic_nodes as glue
     from ..training import imagic as im
 
     sc, src, new, target = edit_target(seed, attribute)
@@ -178,7 +176,7 @@ def imagic_case(tm: ToyModel, seed: int, st: ImagicSettings, attribute: str = "c
 
     t0, c0 = time.time(), time.process_time()
     etas = [0.0] + [float(e) for e in st.etas]
-    model_ft = im.apply_imagic(tm.model, res)
+    model_ft = glue.apply_imagic(tm.model, res)
     cond, _ = im.sweep(res, etas)
     lat = _sample(model_ft, noise.repeat(len(etas), 1, 1, 1), cond, neg, st, seed=seed)
     imgs = decode(tm, lat)

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import judge, scenes
+from ..toyworld import judge, scenes
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(PACKAGE_DIR, "toyworld", "weights", "toyworld.safetensors")
@@ -54,13 +54,15 @@ class ToyModel:
 
     def encode(self, prompt: str):
         if prompt not in self._enc:
-            self._enc[prompt] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
+            from ..comfy_bridge.text import encode
+
+            self._enc[prompt] = encode(self.clip, prompt)
         return self._enc[prompt]
 
 
 def load_model(weights: Optional[str] = None) -> ToyModel:
     """The shipped ToyWorld model (or ``weights``); the untrained tiny test model when neither exists."""
-    from ..models import sd1x
+    from ..comfy_bridge import models as sd1x
 
     path = weights or (SHIPPED if os.path.exists(SHIPPED) else None)
     if path:
@@ -135,15 +137,15 @@ def one_object_scene(seed: int, **fixed) -> scenes.Scene:
 
 def t2i_case(tm: ToyModel, seed: int, st: Settings) -> dict:
     """Generate the canonical caption of a random one-object scene; which attributes does the judge confirm?"""
-    import comfy.sample
+    from ..comfy_bridge.sampling import core_sample
 
     sc = one_object_scene(seed)
     truth = sc.spec["objects"][0]
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, 4, 8, 8), generator=gen)
     with torch.no_grad():
-        lat = comfy.sample.sample(tm.model, noise, st.steps, st.t2i_cfg, "euler", "normal", tm.encode(sc.caption),
-                                  tm.encode(""), torch.zeros_like(noise), seed=seed, disable_pbar=True)
+        lat = core_sample(tm.model, tm.encode(sc.caption), tm.encode(""), torch.zeros_like(noise), st.steps,
+                          st.t2i_cfg, "euler", "normal", seed=seed, noise=noise)
     img = decode(tm, lat)[0]
     obj = main_object(judge.judge_image(img))
     return {k: (obj is not None and obj[k] == truth[k]) for k in judge.ATTRS} | {"caption": sc.caption}
@@ -155,8 +157,8 @@ _INVERSIONS: dict = {}
 def invert_scene(tm: ToyModel, sc: scenes.Scene, st: Settings, method: Optional[str] = None):
     """Inverts a rendered scene (its caption as the source prompt). The same scene, caption and settings are
     inverted once per model (the inversion and swap cases of one seed share it); the cache keeps the last 64."""
-    from ..inversion.core import invert
-    from ..sampling.engine import replay_schedule
+    from ..comfy_bridge.sampling import invert
+    from ..comfy_bridge.sampling import replay_schedule
 
     method = method or st.inversion
     key = (id(tm), sc.seed, sc.caption, repr(sc.spec), method, st.steps, st.cfg, st.num_inner_steps)
@@ -174,7 +176,7 @@ def invert_scene(tm: ToyModel, sc: scenes.Scene, st: Settings, method: Optional[
 
 def inversion_case(tm: ToyModel, seed: int, st: Settings, methods=("ddim", "negative_prompt", "null_text")) -> dict:
     """PSNR (dB) of each method's reconstruction of a rendered scene at cfg ``st.cfg``; also the VAE's own."""
-    from ..sampling.edit import edit
+    from ..comfy_bridge.sampling import edit
 
     sc = one_object_scene(seed)
     out = {"vae": psnr(decode(tm, encode_image(tm, sc.image))[0], sc.image)}
@@ -188,7 +190,7 @@ def inversion_case(tm: ToyModel, seed: int, st: Settings, methods=("ddim", "nega
 
 def _edit(tm: ToyModel, inv, target: str, st: Settings, mode: str, blend_words=None, equalizer=()):
     from ..attention.recipe import EditSpec, LocalBlendSpec, build_controller
-    from ..sampling.edit import edit
+    from ..comfy_bridge.sampling import edit
 
     lb = None
     if blend_words:
@@ -205,7 +207,7 @@ def _edit(tm: ToyModel, inv, target: str, st: Settings, mode: str, blend_words=N
 def swap_case(tm: ToyModel, seed: int, st: Settings, attribute: str = "colour") -> dict:
     """Word swap of the object's colour or shape. Returns per variant (p2p, p2p_blend, regen): success,
     structure IoU, background PSNR (outside the dilated source and edited objects), vs the rendered source."""
-    from ..sampling.edit import edit
+    from ..comfy_bridge.sampling import edit
 
     sc = one_object_scene(seed)
     src = sc.spec["objects"][0]

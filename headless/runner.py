@@ -48,6 +48,9 @@ TOY_SIZE = 64            # the ToyWorld / tiny test model's image size (8x8 late
 TOY_STEPS = 20           # default sampling steps for the tiny model (unless --steps)
 DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
 SEED_INPUTS = ("seed", "noise_seed")
+#: collects reference pictures as a list (replaces core ImageBatch, deprecated in ComfyUI 0.33, which also stretches
+#: pictures to the first one's size)
+REFERENCES_NODE = "AE_ReferencePictures"
 #: concept-training nodes: their "images" input takes the reference pictures; output 2 names the trained file
 TRAIN_NODES = ("AE_TrainTextualInversion", "AE_TrainCustomDiffusion", "AE_ImagicOptimizeEmbedding", "AE_ImagicFineTune")
 TOY_TRAIN_STEPS = 10     # at most this many training steps with the tiny model (unless --train-steps)
@@ -239,22 +242,29 @@ def reference_loaders(prompt: Mapping[str, Any]) -> list[str]:
 
 
 def _add_references(out: dict, names: list[str]) -> None:
-    """Appends LoadImage + ImageBatch nodes for *names* to the ``images`` input of every concept-training node
-    (for more reference pictures than the workflow has LoadImage slots)."""
+    """Appends LoadImage nodes for *names* to the ``images`` input of every concept-training node, through a new
+    AE_ReferencePictures node that puts the existing pictures first (for more reference pictures than the workflow
+    has LoadImage slots)."""
     next_id = max((int(k) for k in out if str(k).isdigit()), default=0) + 1
+    per = 8  # AE_ReferencePictures' image inputs
     for nid in (n for ct in TRAIN_NODES for n in nodes_of(out, ct)):
         inp = out[nid].setdefault("inputs", {})
         src = inp.get("images")
         if not _is_link(src):
             continue
-        for name in names:
-            load, batch = str(next_id), str(next_id + 1)
-            next_id += 2
-            out[load] = {"class_type": "LoadImage", "inputs": {"image": name},
-                         "_meta": {"title": f"Reference picture (added by the runner): {name}"}}
-            out[batch] = {"class_type": "ImageBatch", "inputs": {"image1": src, "image2": [load, 0]},
-                          "_meta": {"title": "Batch references (added by the runner)"}}
-            src = [batch, 0]
+        for start in range(0, len(names), per):
+            refs = {"more": src}
+            for j, name in enumerate(names[start:start + per], start=1):
+                load = str(next_id)
+                next_id += 1
+                out[load] = {"class_type": "LoadImage", "inputs": {"image": name},
+                             "_meta": {"title": f"Reference picture (added by the runner): {name}"}}
+                refs[f"image_{j}"] = [load, 0]
+            collect = str(next_id)
+            next_id += 1
+            out[collect] = {"class_type": REFERENCES_NODE, "inputs": refs,
+                            "_meta": {"title": "Reference pictures (added by the runner)"}}
+            src = [collect, 0]
         inp["images"] = src
 
 
@@ -278,7 +288,7 @@ def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, sour
     edit sampler follows the inversion). size: (width, height) of every ImageScale node. filename_prefix:
     prepended to every SaveImage prefix. references: file names (in the input folder) of the concept's pictures
     for the LoadImage nodes of :func:`reference_loaders`, in order; fewer names than nodes are repeated, more get
-    extra LoadImage + ImageBatch nodes; without it those nodes take *image* like every LoadImage. train_steps: the
+    extra LoadImage nodes (through AE_ReferencePictures); without it those nodes take *image* like every LoadImage. train_steps: the
     ``steps`` of every concept-training node (TRAIN_NODES).
     """
     out = copy.deepcopy({str(k): v for k, v in dict(prompt).items()})
@@ -363,7 +373,7 @@ def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[
     input_dir.mkdir(parents=True, exist_ok=True)
     if image is None:
         try:
-            from ..testing.photos import photo_pil
+            from .photos import photo_pil
         except ImportError as exc:  # pragma: no cover - scikit-image missing
             raise RunnerError(f"the default photo needs scikit-image ({exc}); pass --image PATH") from exc
         img = photo_pil(DEFAULT_PHOTO, size)
@@ -399,7 +409,7 @@ def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[
 def _install_quiet_logging(verbose: bool) -> None:
     """For the command line only: ComfyUI logs a lot at start-up (e.g. the audio nodes that need torchaudio),
     through the handler logging.basicConfig added when ComfyUI first logged. Replace the root logger's stderr
-    handlers by one that shows errors only, unless verbose; the root logger stays at WARNING so comfy_env
+    handlers by one that shows errors only, unless verbose; the root logger stays at WARNING so the host
     still captures why a pack failed to load."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -431,7 +441,7 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     without *ckpt*, *image* and *photo*, the workflows of TOY_SCENES edit their default scene. After the run the
     main SaveImage's images (reconstruction, edits) are written side by side after the source image
     (``<prefix>_side_by_side.png``; RunResult.side_by_side), and for a scene the judge's reading of each is
-    reported. *say* prints the notices. Raises RunnerError (clear message) or comfy_env.WorkflowError on failure."""
+    reported. *say* prints the notices. Raises RunnerError (clear message) or host.WorkflowError on failure."""
     t0 = time.perf_counter()
     prompt = load_workflow(workflow) if not isinstance(workflow, Mapping) else copy.deepcopy(dict(workflow))
     notices: list[str] = []
@@ -514,36 +524,36 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     if threads is None and tiny and cpu:
         threads = 1  # tiny models: OpenMP threads only spin against each other on a small CPU
 
-    from ..testing import comfy_env
+    from ..comfy_bridge import files as bridge_files
+    from ..comfy_bridge import host as bridge_host
+    from . import host
 
-    comfy_env.configure_cpu(cpu)
-    comfy_env.init_comfy(base_dir, cpu=cpu, threads=threads)
-    import folder_paths
-    import nodes as comfy_nodes
+    host.configure_cpu(cpu)
+    host.init_comfy(base_dir, cpu=cpu, threads=threads)
+    say(f"[attention_edit] ComfyUI {host.comfy_version()} at {host.comfy_root()}")
 
-    if tiny and TOY_LOADER not in comfy_nodes.NODE_CLASS_MAPPINGS:
+    if tiny and not host.has_node(TOY_LOADER):
         raise RunnerError(f"the pack's {TOY_LOADER} node is not registered; cannot run the embedded default model")
 
     out_dir = Path(out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    folder_paths.set_output_directory(str(out_dir))
+    bridge_host.set_output_directory(str(out_dir))
     ckpt_name = None
     if ckpt_path is not None:
-        folder_paths.add_model_folder_path("checkpoints", str(ckpt_path.parent), is_default=True)
-        folder_paths.filename_list_cache.pop("checkpoints", None)
+        bridge_host.add_model_folder_path("checkpoints", str(ckpt_path.parent))
         ckpt_name = ckpt_path.name
 
     has_scale = bool(nodes_of(prompt, "ImageScale"))
     image_name = None
     scene_obj = None
     if scene is not None:
-        scene_obj, image_name = prepare_scene(scene, Path(folder_paths.get_input_directory()), seed or 0)
+        scene_obj, image_name = prepare_scene(scene, Path(bridge_files.input_dir()), seed or 0)
     elif nodes_of(prompt, "LoadImage"):
-        image_name = prepare_image(image, Path(folder_paths.get_input_directory()),
+        image_name = prepare_image(image, Path(bridge_files.input_dir()),
                                    None if has_scale else size_wh)
     elif image is not None:
         raise RunnerError("--image was given but the workflow has no LoadImage node")
-    ref_names = _prepare_references(references, image, Path(folder_paths.get_input_directory())) or None
+    ref_names = _prepare_references(references, image, Path(bridge_files.input_dir())) or None
 
     if tiny:
         prompt = use_toyworld(prompt, toy_weights or default_toy_weights())
@@ -562,14 +572,14 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
 
     before = {p for p in out_dir.rglob("*") if p.is_file()}
     t1 = time.perf_counter()
-    res = comfy_env.run_workflow(prompt)
+    res = host.run_workflow(prompt)
     t2 = time.perf_counter()
     # the files saved into the output folder (SaveImage ...); previews in ComfyUI's temp folder are left out
-    files = [f for f in comfy_env.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
+    files = [f for f in host.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
     if not files:  # output nodes that do not report their files
         files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
     trained = _copy_trained(res, prompt, out_dir)
-    source_file = Path(folder_paths.get_input_directory()) / image_name if image_name else None
+    source_file = Path(bridge_files.input_dir()) / image_name if image_name else None
     side, verdicts = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
     if side is not None:
         files.append(side)
@@ -670,7 +680,7 @@ def _prepare_references(references: list[str], image, input_dir: Path) -> list[s
 def _copy_trained(res, prompt: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Copies the concept files the training nodes of *prompt* wrote (their output 2: a path, or a name in the
     pack's concept folder) into *out_dir*: ComfyUI's folders of a runner session are temporary."""
-    import folder_paths
+    from ..comfy_bridge import files as bridge_files
 
     copied = []
     for nid in (n for ct in TRAIN_NODES for n in nodes_of(prompt, ct)):
@@ -682,8 +692,10 @@ def _copy_trained(res, prompt: Mapping[str, Any], out_dir: Path) -> list[Path]:
             continue
         src = Path(name)
         if not src.is_absolute():
-            found = folder_paths.get_full_path("attention_edit_concepts", name)
-            src = Path(found) if found else src
+            try:
+                src = Path(bridge_files.model_file_path("attention_edit_concepts", name, "", ""))
+            except ValueError:
+                pass
         if src.is_file():
             dst = out_dir / src.name
             shutil.copyfile(src, dst)  # Imagic's two steps share one file: the later (complete) copy wins
@@ -762,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give a workflow name or path (see --list)", file=sys.stderr)
         return 2
     _install_quiet_logging(args.verbose)
-    from ..testing.comfy_env import WorkflowError, WorkflowInterrupted
+    from .host import WorkflowError, WorkflowInterrupted
 
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,207 @@
+"""Runs the pack's own sampling loops (inversion, null-text optimisation, edit replay) inside ComfyUI's sampler.
+
+A loop (``inversion/``: ``loop(denoiser, x, sigmas) -> x``) is handed to ComfyUI as a custom KSAMPLER function and
+driven by a ``CFGGuider``, so ComfyUI does what it always does around sampling: loads the model (and its weight
+patches), applies hooks and wrappers from other packs, sets ``sample_sigmas`` in the transformer options,
+processes latents in/out (SD's 0.18215 scale), and cleans up afterwards.
+
+Inside the loop, :class:`ComfyDenoiser` (the ``inversion.protocol.Denoiser`` of this host) evaluates the model for
+arbitrary text embeddings: ``denoise(x, sigma, cond_emb, uncond_emb)`` batches the conditional rows and the
+unconditional rows into one UNet call through ``comfy.samplers.calc_cond_batch``.
+
+ComfyUI API used (0.3.75 and 0.33.0 alike): ``comfy.samplers.CFGGuider`` (set_conds, set_cfg, sample, conds,
+inner_model), ``KSAMPLER``, ``calc_cond_batch``, ``cfg_function``, ``calculate_sigmas``, ``SCHEDULER_NAMES``,
+``comfy.conds.CONDCrossAttn``, ``comfy.sample.sample`` / ``prepare_noise`` (core sampling for comparisons).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..inversion.ddim import reference_ddim_timesteps
+from ..inversion.protocol import Loop
+from .progress import throw_if_interrupted
+
+P2P_DDIM = "p2p_ddim"
+
+__all__ = ["P2P_DDIM", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names", "replay_schedule",
+           "core_sample", "latent_channels", "make_weights_autograd_safe"]
+
+
+class ComfyDenoiser:
+    """``inversion.protocol.Denoiser`` on ComfyUI, for a loop running inside ComfyUI's sampler.
+
+    guider: the CFGGuider driving the loop (processed conds, inner model); model_options: the sampler's model
+    options (with ``transformer_options['sample_sigmas']``); sigmas: the schedule the loop walks."""
+
+    def __init__(self, guider, model_options: dict, sigmas: torch.Tensor):
+        self.guider = guider
+        self.model = guider.inner_model
+        self.model_options = model_options
+        self.sigmas = sigmas
+        self._template = guider.conds["positive"][0]
+
+    @property
+    def device(self):
+        return self.sigmas.device
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.model.model_sampling.sigma_min)
+
+    def _conds(self, emb: torch.Tensor):
+        import comfy.conds
+
+        c = dict(self._template)
+        mc = dict(c["model_conds"])
+        mc["c_crossattn"] = comfy.conds.CONDCrossAttn(emb.to(self.device))
+        c["model_conds"] = mc
+        return [c]
+
+    def denoise(self, x: torch.Tensor, sigma: float, cond_emb: Optional[torch.Tensor],
+                uncond_emb: Optional[torch.Tensor]):
+        """See ``inversion.protocol.Denoiser.denoise``: one batched ``calc_cond_batch`` call."""
+        import comfy.samplers
+
+        s = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+        conds = [self._conds(cond_emb) if cond_emb is not None else None,
+                 self._conds(uncond_emb) if uncond_emb is not None else None]
+        out = comfy.samplers.calc_cond_batch(self.model, conds, x, s, self.model_options)
+        return (out[0] if cond_emb is not None else None, out[1] if uncond_emb is not None else None)
+
+    def cfg(self, cond_x0, uncond_x0, x, sigma: float, scale: float) -> torch.Tensor:
+        """Classifier-free guidance through ComfyUI's cfg_function (CFG and post-CFG functions of other nodes
+        apply): uncond + scale * (cond - uncond)."""
+        import comfy.samplers
+
+        if uncond_x0 is None:
+            return cond_x0
+        s = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+        return comfy.samplers.cfg_function(self.model, cond_x0, uncond_x0, scale, x, s, model_options=self.model_options)
+
+    def enable_grad(self) -> None:
+        make_weights_autograd_safe(self.guider.model_patcher.model.diffusion_model)
+
+    def check_interrupt(self) -> None:
+        throw_if_interrupted()
+
+
+class ComfyRunner:
+    """``inversion.protocol.LoopRunner`` on ComfyUI: runs a loop with ``model_patcher`` (a MODEL; a clone with the
+    attention controller installed when one is given) and ``conditioning`` (a CONDITIONING whose first entry is
+    the template the loop's embeddings replace; extra keys such as pooled outputs are kept)."""
+
+    def __init__(self, model_patcher, conditioning, controller=None):
+        self.conditioning = conditioning
+        if controller is not None:
+            from .attention import install_controller
+
+            model_patcher = install_controller(model_patcher, controller)
+        self.model_patcher = model_patcher
+
+    def run(self, loop: Loop, latent: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        import comfy.samplers
+
+        guider = comfy.samplers.CFGGuider(self.model_patcher)
+        guider.set_conds(self.conditioning, self.conditioning)
+        guider.set_cfg(1.0)
+
+        def sampler_function(model_k, x, sig, extra_args=None, callback=None, disable=None, **kw):
+            return loop(ComfyDenoiser(model_k.inner_model, extra_args["model_options"], sig), x, sig)
+
+        sampler = comfy.samplers.KSAMPLER(sampler_function)
+        # zero noise: ComfyUI's noise_scaling then hands the loop the (processed) latent itself
+        noise = torch.zeros_like(latent)
+        return guider.sample(noise, latent, sampler, sigmas, seed=0)
+
+
+def runner(model_patcher, conditioning, controller=None) -> ComfyRunner:
+    return ComfyRunner(model_patcher, conditioning, controller)
+
+
+def schedule_names() -> list:
+    """Schedulers an inversion can use: the reference DDIM timesteps first, then ComfyUI's."""
+    import comfy.samplers
+
+    return [P2P_DDIM] + list(comfy.samplers.SCHEDULER_NAMES)
+
+
+def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
+    """The descending sigma schedule an inversion is replayed on, as a CPU float tensor.
+
+    'p2p_ddim' is the reference's DDIM schedule (``inversion.ddim.reference_ddim_timesteps``), then sigma 0:
+    exactly ``steps`` steps. Other names are ComfyUI's schedulers (``comfy.samplers.calculate_sigmas``); some of
+    them (ddim_uniform) may return one step more than asked. ValueError for an unknown name or steps < 1."""
+    import comfy.samplers
+
+    if scheduler not in schedule_names():
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {schedule_names()}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    ms = model_patcher.get_model_object("model_sampling")
+    if scheduler == P2P_DDIM:
+        sig = ms.sigma(reference_ddim_timesteps(len(ms.sigmas), steps)).float().cpu()
+        return torch.cat([sig, sig.new_zeros(1)])
+    return comfy.samplers.calculate_sigmas(ms, scheduler, steps).float().cpu()
+
+
+def core_sample(model_patcher, positive, negative, latent: torch.Tensor, steps: int, cfg: float,
+                sampler: str = "euler", scheduler: str = "normal", seed: int = 0, noise: Optional[torch.Tensor] = None,
+                denoise: float = 1.0, sigmas: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ComfyUI's own sampling (what KSampler / SamplerCustom run) of LATENT ``latent`` [B, C, H, W]; the noise is
+    ComfyUI's ``prepare_noise(latent, seed)`` unless given; with ``sigmas`` it samples that schedule
+    (``comfy.sample.sample_custom``). For comparisons and benchmarks."""
+    import comfy.sample
+    import comfy.samplers
+
+    if noise is None:
+        noise = comfy.sample.prepare_noise(latent, seed)
+    if sigmas is not None:
+        return comfy.sample.sample_custom(model_patcher, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
+                                          positive, negative, latent, seed=seed, disable_pbar=True)
+    return comfy.sample.sample(model_patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               denoise=denoise, seed=seed, disable_pbar=True)
+
+
+def latent_channels(model_patcher) -> Optional[int]:
+    fmt = getattr(model_patcher.model, "latent_format", None)
+    return getattr(fmt, "latent_channels", None)
+
+
+def make_weights_autograd_safe(module: torch.nn.Module) -> None:
+    """Lets autograd save a model's weights: replaces inference-mode parameters/buffers by ordinary copies with the
+    same values, in place (the one walker of the pack; training and null-text inversion use it).
+
+    ComfyUI runs nodes under ``torch.inference_mode()``, so weights loaded by a loader node are inference tensors,
+    and autograd refuses to save them for backward ("Inference tensors cannot be saved for backward") even inside
+    ``inference_mode(False)``. The copies hold identical values, so every later use of the model gives the same
+    results; frozen weights get ``requires_grad=False`` (no weight gradient is ever computed: only what is being
+    optimised gets gradients). Must run inside ``torch.inference_mode(False)``."""
+    for m in module.modules():
+        for name, p in list(m.named_parameters(recurse=False)):
+            if p is None:
+                continue
+            if p.is_inference():
+                setattr(m, name, torch.nn.Parameter(p.clone(), requires_grad=False))
+            elif p.requires_grad:
+                p.requires_grad_(False)
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
+def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas: torch.Tensor, **kwargs):
+    """``inversion.core.invert`` of one LATENT [1, C, H, W] with ``model_patcher``, run in ComfyUI's sampler."""
+    from ..inversion.core import invert as invert_loop
+
+    return invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
+
+
+def edit(model_patcher, inversion, target_conds: list, controller=None, **kwargs) -> torch.Tensor:
+    """``inversion.replay.edit``: replays ``inversion`` with the edited prompts' CONDITIONINGs, ``controller``
+    installed on a clone of ``model_patcher``; returns [1 + edits, C, H, W] LATENT samples."""
+    from ..inversion.replay import edit as replay
+
+    return replay(ComfyRunner(model_patcher, inversion.source_cond, controller), inversion, target_conds, controller,
+                  **kwargs)
