@@ -2,7 +2,7 @@
 
 Each controller edits the attention probabilities of the *conditional* branch of a batch whose rows are
 prompts: row 0 is the source prompt (the reconstruction), rows 1..P-1 are the edited prompts.
-Nothing here knows about ComfyUI; ``attention/patch.py`` binds a controller to the UNet's attn1/attn2 layers.
+Nothing here knows about ComfyUI; ``comfy_bridge/attention.py`` binds a controller to the UNet's attn1/attn2 layers.
 
 Source: Hertz et al., "Prompt-to-Prompt Image Editing with Cross Attention Control" (2022), section 3.2
 (word swap Eq. "Edit(M_t, M*_t, t)", prompt refinement, attention re-weighting) and section 3.3 / appendix

@@ -6,7 +6,7 @@
 
 Issue "AdapEdit" (ToyWorld requirement): a size edit ('a small red circle' -> 'a big red circle') and a
 position-bound edit, measured by the judge, against plain P2P refine on the same cases. The cases, methods and
-measures are defined in toyworld/adapbench.py (its docstring says what success and structure mean). Every method
+measures are defined in bench/adapbench.py (its docstring says what success and structure mean). Every method
 of a case edits the same null-text inversion; AdapEdit uses the paper's defaults; ``no_fwt`` / ``no_dps`` are
 the paper's ablations and ``no_mask`` is AdapEdit without the alpha_m pixel mask ('w/o DPS*').
 

@@ -6,7 +6,7 @@ with the initializer words alone? (issue "concept training", its ToyWorld requir
     python bench/bench_concepts.py --gen 8 --ti-steps 50 --cd-steps 50      # a quick look
     python bench/bench_concepts.py --weights runs/toyworld/export.safetensors --plot out/concepts.png
 
-What it does (``toyworld/conceptbench.py``): 4 seeded renders of a big red cross train a textual-inversion word
+What it does (``bench/conceptbench.py``): 4 seeded renders of a big red cross train a textual-inversion word
 (2 vectors initialised from "red square") and a Custom Diffusion concept (modifier token "<v1>", class noun
 "red square", all of attn2, prior preservation on 8 rendered red squares); then for every seed, from the same
 initial noise, the base model draws "a photo of a red square" (the initializer words alone), the base model draws

@@ -4,7 +4,7 @@
     python bench/bench_imagic.py --cases 5         # a quick look
     python bench/bench_imagic.py --attributes colour,shape,size --json out/imagic.json --plot out/imagic.png
 
-Each case (toyworld/imagicbench.py) takes a rendered one-object scene as the photo and swaps one attribute word of
+Each case (bench/imagicbench.py) takes a rendered one-object scene as the photo and swaps one attribute word of
 its caption (colour by default) for the target text. Imagic optimises e_opt from e_tgt, fine-tunes the model (LoRA
 by default) and samples an eta sweep from one fixed noise; SDEdit denoises the photo's latent, noised to strength s,
 with the target prompt (KSampler denoise = s) on the original model, over a strength sweep, with the same noise.
@@ -22,7 +22,7 @@ Step counts (measured on this repo's 2-core CPU machine, one torch thread): an e
 LoRA fine-tuning step about 0.065, the sampling of the eta sweep about 1 and the SDEdit sweep about 3 CPU-s per
 case. Imagic's reference settings (500 + 1000 steps in the diffusers community pipeline) would cost about 85 CPU-s per
 case, 2.4 hours for 100 cases; the defaults, 100 e_opt steps at lr 3e-2 and 200 LoRA steps at lr 1e-3 (rank 8),
-tuned on ToyWorld (toyworld/imagicbench.py, ImagicSettings), cost about 21 CPU-s per case, about 35 minutes for
+tuned on ToyWorld (bench/imagicbench.py, ImagicSettings), cost about 21 CPU-s per case, about 35 minutes for
 the 100 cases on an idle thread (more wall time on a busy machine: the table reports both). Cases are seeded: the
 same command gives the same figures on the same machine. Prints a markdown table and writes a plot PNG
 (matplotlib).

@@ -215,10 +215,11 @@ def default_stub() -> ServerStub:
 def _install_progress_hook(stub: ServerStub) -> None:
     """Mirrors main.py's hijack_progress: ProgressBar updates check for interruption and feed the progress
     registry. Installed only if no hook is set (a real server sets its own)."""
-    import comfy.model_management
     import comfy.utils
     from comfy_execution.progress import get_progress_state
     from comfy_execution.utils import get_executing_context
+
+    from .progress import throw_if_interrupted
 
     if getattr(comfy.utils, "PROGRESS_BAR_HOOK", None) is not None:
         return
@@ -229,7 +230,7 @@ def _install_progress_hook(stub: ServerStub) -> None:
             prompt_id = ctx.prompt_id
         if node_id is None and ctx is not None:
             node_id = ctx.node_id
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        throw_if_interrupted()
         if node_id is None:
             node_id = stub.last_node_id
         try:

@@ -141,7 +141,7 @@ def _private_dir() -> str:
 def _alias_file(name: str, vectors) -> str:
     """Writes ``vectors`` ([n, width], or {embedding_key: [n, width]} for several encoders) as an embedding file
     named by content; returns its alias (the file name without extension)."""
-    from safetensors.torch import save_file
+    from .files import save_safetensors
 
     with torch.inference_mode(False):
         tensors = {k: v.detach().float().cpu().contiguous().clone()
@@ -153,9 +153,7 @@ def _alias_file(name: str, vectors) -> str:
     alias = "ae_" + h.hexdigest()[:20]
     path = os.path.join(_private_dir(), alias + ".safetensors")
     if not os.path.isfile(path):
-        tmp = path + f".{os.getpid()}.tmp"
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
+        save_safetensors(path, tensors)
     return alias
 
 

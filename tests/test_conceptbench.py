@@ -1,4 +1,4 @@
-"""The ToyWorld concept benchmark (toyworld/conceptbench.py): the never-seen concept, its closeness score, and a
+"""The ToyWorld concept benchmark (bench/conceptbench.py): the never-seen concept, its closeness score, and a
 few-step textual-inversion and Custom Diffusion run through the benchmark function (behaviour, not figures)."""
 import math
 

@@ -212,6 +212,19 @@ def _probe(T: int, shape, seed: int, k: int = PROBE_POINTS):
     return [(int((j + 0.5) / k * T), torch.randn(shape, generator=gen)) for j in range(k)]
 
 
+def _photo_step(session, x0, context, opt, stepper, gen, T):
+    """One optimisation step of Imagic's objective on the photo x0 (both stages): one noise sample at one uniform
+    random timestep (the reference's recipe); returns the step's loss."""
+    def step(_):
+        ts = torch.randint(0, T, (1,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = eps_loss(session, x0, noise, session.sigmas_for(ts), context)
+        stepper.step(opt, loss)
+        return float(loss.detach())
+
+    return step
+
+
 def _probe_loss(session, x0, context, probe) -> float:
     with torch.no_grad():
         return sum(float(eps_loss(session, x0, noise, session.sigmas_for(torch.tensor([t])), context))
@@ -246,14 +259,7 @@ def optimize_embedding(session, x0: torch.Tensor, photo_latent: torch.Tensor, e_
     probe = _probe(T, x0.shape, seed)
     before = _probe_loss(session, x0, e, probe)
 
-    def step(_):
-        ts = torch.randint(0, T, (1,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        loss = eps_loss(session, x0, noise, session.sigmas_for(ts), e)
-        stepper.step(opt, loss)
-        return float(loss.detach())
-
-    run = fit(step, steps, lambda: {"e_opt": e}, session, progress)
+    run = fit(_photo_step(session, x0, e, opt, stepper, gen, T), steps, lambda: {"e_opt": e}, session, progress)
 
     def result(e_opt: torch.Tensor, after: float) -> Imagic:
         meta = {f"embedding.{k}": v for k, v in settings.items()}
@@ -345,14 +351,8 @@ def finetune(session, x0: torch.Tensor, imagic: Imagic, params: dict, constants:
     probe = _probe(T, x0.shape, probe_seed if isinstance(probe_seed, int) else seed)
     before = _probe_loss(session, x0, ctx, probe)
 
-    def step(_):
-        ts = torch.randint(0, T, (1,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        loss = eps_loss(session, x0, noise, session.sigmas_for(ts), ctx)
-        stepper.step(opt, loss)
-        return float(loss.detach())
-
-    run = fit(step, steps, lambda: params, session, progress, keep_best=(mode == "lora"))
+    run = fit(_photo_step(session, x0, ctx, opt, stepper, gen, T), steps, lambda: params, session, progress,
+              keep_best=(mode == "lora"))
 
     def result(state: dict, after: float) -> Imagic:
         unet = {k: v.detach().float().cpu().clone() for k, v in state.items()}

@@ -86,7 +86,7 @@ class ComfyServer:
     *startup_timeout* seconds, *link_pack* (symlink this package into custom_nodes/), *python* (the
     interpreter; default the current one), *env* (extra environment variables), *require_pack* (raise
     ServerError if ComfyUI reports "IMPORT FAILED" for the pack; otherwise the log goes to ``pack_load_error``),
-    *threads* (OMP_NUM_THREADS / MKL_NUM_THREADS of the server: torch's CPU threads; see comfy_env.init_comfy).
+    *threads* (OMP_NUM_THREADS / MKL_NUM_THREADS of the server: torch's CPU threads; see attention_edit.headless.host.init_comfy).
     """
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, port: int | None = None, cpu: bool = True,
