@@ -60,6 +60,8 @@ __all__ = [
 SEQ_LEN = 77
 #: Tokens a prompt may have between BOS and EOS.
 MAX_PROMPT_TOKENS = SEQ_LEN - 2
+#: Largest equalizer factor magnitude (the references use 2-10; beyond this the maps overflow float16/32 math).
+MAX_FACTOR = 1000.0
 
 # Scores of the global alignment used for refinement (same values as the reference's ScoreParams).
 _GAP_SCORE = 0
@@ -738,6 +740,9 @@ def parse_cross_replace_steps(text: str) -> CrossReplaceSteps:
                 key = _DEFAULT_KEY
         else:
             key, value_text = _DEFAULT_KEY, piece
+        if not value_text.strip():
+            raise ValueError(f"missing window after {key_text.strip()!r}: in {what} (at {piece!r}): give a fraction "
+                             f"or a range, e.g. '{key_text.strip()}: 0.4' or '{key_text.strip()}: 0.1,0.5'")
         if key in result:
             which = "the default window" if key == _DEFAULT_KEY else f"the word {key!r}"
             raise ValueError(f"{which} is given twice in {what} (at {piece!r}); {_CROSS_SYNTAX}")
@@ -787,6 +792,9 @@ def parse_word_values(text: str) -> list[tuple[str, float]]:
             value = _parse_number(value_text)
         except ValueError:
             raise ValueError(f"cannot read the number in {piece!r}; {_WORD_VALUES_SYNTAX}") from None
+        if abs(value) > MAX_FACTOR:
+            raise ValueError(f"the factor {value_text.strip()} for {word!r} is outside -{MAX_FACTOR:g}..{MAX_FACTOR:g}: "
+                             "it multiplies the word's attention (1 keeps it, 0 removes it, 2-10 strengthens it)")
         if word.casefold() in seen:
             raise ValueError(f"the word {word!r} is given twice (at {piece!r}); {_WORD_VALUES_SYNTAX}")
         seen.add(word.casefold())
@@ -831,7 +839,8 @@ def equalizer(
             word, value = item
         except (TypeError, ValueError):
             raise ValueError(f"equalizer entries must be (word, factor) pairs; got {item!r}") from None
-        if not _is_number(value) or not math.isfinite(float(value)):
-            raise ValueError(f"the factor for {word!r} must be a finite number; got {value!r}")
+        if not _is_number(value) or not math.isfinite(float(value)) or abs(float(value)) > MAX_FACTOR:
+            raise ValueError(f"the factor for {word!r} must be a number within -{MAX_FACTOR:g}..{MAX_FACTOR:g}; got "
+                             f"{value!r}")
         eq[_indices_in(t, word)] = float(value)
     return eq

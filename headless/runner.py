@@ -751,6 +751,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def missing_model_hint(message: str) -> str | None:
+    """What to do when a workflow stopped because a model file is missing (ComfyUI: "ckpt_name ... not in []")."""
+    if "not in" not in message or not any(k in message for k in ("ckpt_name", "unet_name", "checkpoint")):
+        return None
+    return (f"no such model file: pass --ckpt PATH (an SD1.x .safetensors checkpoint), or run without --ckpt to use "
+            f"the pack's own tiny model: the runner then replaces every {CHECKPOINT_LOADER} by {TOY_LOADER} "
+            f"('ToyWorld Model Loader (Attention Edit)'); in the ComfyUI editor, put {TOY_LOADER} where the "
+            f"checkpoint loader was")
+
+
 def _one_line(exc: BaseException) -> str:
     msg = str(exc).strip() or type(exc).__name__
     return msg
@@ -793,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (RunnerError, WorkflowError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        hint = missing_model_hint(str(exc))
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
         return 1
     except Exception as exc:  # anything else: still one message, the traceback only with --verbose
         if args.verbose:

@@ -32,6 +32,38 @@ SD15_MODEL = {
 
 _NS = uuid.UUID("6c1b3f0e-5d0a-4b8e-9d55-ae0000000001")
 
+#: frontend-only node types (not sent to the server, no object_info): the workflows' notes
+VIRTUAL_NODES = ("Note", "MarkdownNote")
+
+#: what each shipped workflow does (the first line of its note in the UI file)
+WORKFLOW_NOTES = {
+    "p2p_word_swap_null_text": "Null-text inversion of a photo, then a Prompt-to-Prompt word swap (cat -> dog).",
+    "p2p_refine_local_blend": "Prompt-to-Prompt refine (added words) with local blend: only the edited region changes.",
+    "p2p_reweight": "The source prompt with one word's attention scaled (Prompt-to-Prompt equalizer).",
+    "adapedit_soft_edit": "AdapEdit soft edit: pass 1 records the maps, FWT turns them into a per-word schedule, pass 2 "
+                          "edits with that schedule and DPS.",
+    "custom_edit_custom_diffusion": "Custom-Edit: learn a concept with Custom Diffusion from the reference pictures, "
+                                    "invert the photo with the customised model, P2P refine with the source-only mask.",
+    "custom_edit_textual_inversion": "Custom-Edit with textual inversion: learn a word, invert with the original model, "
+                                     "P2P refine with the learned word.",
+    "imagic_edit": "Imagic: optimise the text embedding to the photo, fine-tune (LoRA), sample eta 0 and 0.7.",
+}
+
+#: the part of every note that says how to run the workflow without a Stable Diffusion checkpoint
+NO_CHECKPOINT_NOTE = (
+    "Needs an SD1.x checkpoint in models/checkpoints (the Load Checkpoint node offers "
+    "v1-5-pruned-emaonly-fp16.safetensors). Without one, ComfyUI stops with \"ckpt_name ... not in []\": replace "
+    "Load Checkpoint with the pack's own model, 'ToyWorld Model Loader (Attention Edit)' (AE_ToyWorldLoader, under "
+    "attention_edit/loaders: a 64x64 model of coloured shapes, not Stable Diffusion), connect its MODEL, CLIP and "
+    "VAE where Load Checkpoint's were, and scale the photo to 64x64. Headless, `python -m attention_edit.runner "
+    "<workflow>` does this by itself.")
+
+
+def workflow_note(name: str) -> str:
+    """The text of the Note node of a shipped workflow (what it does, and how to run it without a checkpoint)."""
+    first = WORKFLOW_NOTES.get(name, "An Attention Edit workflow.")
+    return f"{first}\n\n{NO_CHECKPOINT_NOTE.replace('<workflow>', name)}"
+
 
 # --------------------------------------------------------------------------------------------------
 # object_info
@@ -242,6 +274,7 @@ def api_to_ui(name: str, api: Mapping[str, Any], infos: Mapping[str, Mapping[str
         inputs_of[nid], widgets_of[nid] = ins, wv
     sizes = {nid: _node_size(api[nid]["class_type"], infos[api[nid]["class_type"]], len(inputs_of[nid]))
              for nid in order_ids}
+    uses_checkpoint = any(api[n]["class_type"] == "CheckpointLoaderSimple" for n in order_ids)
     pos = _layout({k: api[k] for k in order_ids}, sizes)
     topo = sorted(order_ids, key=lambda n: (pos[n][0], int(n)))
     nodes_out = []
@@ -269,10 +302,17 @@ def api_to_ui(name: str, api: Mapping[str, Any], infos: Mapping[str, Mapping[str
         entry["properties"] = props
         entry["widgets_values"] = widgets_of[nid]
         nodes_out.append(entry)
+    last = max(int(n) for n in order_ids)
+    if uses_checkpoint:  # a note above the graph: what it does, how to run it without a checkpoint
+        last += 1
+        nodes_out.append({"id": last, "type": "Note", "pos": [0, -260], "size": [560, 220], "flags": {},
+                          "order": len(nodes_out), "mode": 0, "inputs": [], "outputs": [],
+                          "properties": {"text": ""}, "widgets_values": [workflow_note(name)],
+                          "color": "#432", "bgcolor": "#653"})
     return {
         "id": str(uuid.uuid5(_NS, name)),
         "revision": 0,
-        "last_node_id": max(int(n) for n in order_ids),
+        "last_node_id": last,
         "last_link_id": len(links),
         "nodes": nodes_out,
         "links": links,
@@ -294,7 +334,7 @@ def ui_to_api(ui: Mapping[str, Any], infos: Mapping[str, Mapping[str, Any]]) -> 
     by_id = {n["id"]: n for n in ui["nodes"]}
     api: dict[str, dict] = {}
     for n in sorted(ui["nodes"], key=lambda n: n["id"]):
-        if n.get("mode", 0) in (2, 4):  # muted / bypassed
+        if n.get("mode", 0) in (2, 4) or n["type"] in VIRTUAL_NODES:  # muted / bypassed, or a frontend-only note
             continue
         info = infos[n["type"]]
         slots = widget_slots(info)

@@ -75,6 +75,16 @@ def check_finite_latent(node: str, what: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_finite_result(node: str, tensors: dict, hint: str) -> None:
+    """Stops a training node whose learned tensors hold NaN/inf (a diverged run) before anything is saved or
+    applied, naming the node, the tensors and what to change."""
+    bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and
+           not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{node}: the training diverged (NaN/infinite values in {', '.join(sorted(bad)[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}); nothing was saved. {hint}")
+
+
 def register_model_folder(name: str, extensions) -> str:
     return files.register_model_folder(name, extensions)
 

@@ -23,7 +23,7 @@ from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
 from ..training.common import loss_plot
 from ..training.fit import TrainingInterrupted
-from .common import CATEGORY, Progress, finite, model_file_path, register_model_folder
+from .common import CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -126,8 +126,13 @@ def apply_imagic(model, imagic_or_unet, strength: float = 1.0, what: str = "the 
     return bridge_training.patched_clone(model, patches, strength)
 
 
-def _interrupted(stop: TrainingInterrupted, key: str, name: str):
+def _check_result(node: str, res: im.Imagic) -> None:
+    check_finite_result(node, {"e_opt": res.e_opt, **res.unet}, "Lower learning_rate.")
+
+
+def _interrupted(stop: TrainingInterrupted, key: str, name: str, node: str):
     if stop.result.metadata.get(key, 0) > 0:
+        _check_result(node, stop.result)
         _save(stop.result, name)
     return bridge_progress.interrupted_error(str(stop))
 
@@ -191,7 +196,8 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
                                      seed=seed, gradient_checkpointing=gradient_checkpointing,
                                      progress=Progress(int(steps)))
         except TrainingInterrupted as stop:
-            raise _interrupted(stop, "embedding.steps_done", name) from None
+            raise _interrupted(stop, "embedding.steps_done", name, "Imagic 1: Optimise Embedding") from None
+        _check_result("Imagic 1: Optimise Embedding", res)
         path = _save(res, name)
         m, d = res.metadata, res.distance()
         plot = loss_plot(res.embedding_losses, f"Imagic embedding '{name}': probe loss "
@@ -257,16 +263,17 @@ class AE_ImagicFineTune(io.ComfyNode):
     @classmethod
     def execute(cls, model, imagic, train, rank, steps, learning_rate, seed, gradient_checkpointing,
                 name="") -> io.NodeOutput:
+        finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
-        finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
         name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
         files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
             res = finetune(model, imagic, mode=train, rank=rank, steps=steps, learning_rate=learning_rate,
                            seed=seed, gradient_checkpointing=gradient_checkpointing, progress=Progress(int(steps)))
         except TrainingInterrupted as stop:
-            raise _interrupted(stop, "finetune.steps_done", name) from None
+            raise _interrupted(stop, "finetune.steps_done", name, "Imagic 2: Fine-tune Model") from None
+        _check_result("Imagic 2: Fine-tune Model", res)
         path = _save(res, name)
         out = apply_imagic(model, res)
         m = res.metadata

@@ -22,7 +22,7 @@ from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
 from ..training.common import TEMPLATES, build_pool, collect_images, loss_plot, prepare_pixels
 from ..training.fit import TrainingInterrupted
-from .common import CATEGORY, Progress, finite, model_file_path, register_model_folder
+from .common import CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
 CONCEPTS = "attention_edit_concepts"
@@ -286,8 +286,11 @@ class AE_TrainTextualInversion(io.ComfyNode):
                 gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
         except TrainingInterrupted as stop:
             if stop.result.steps_done > 0:
+                check_finite_result("Train Textual Inversion", {"vectors": stop.result.vectors}, "lower learning_rate")
                 save_embedding(folder, stop.result)
             raise bridge_progress.interrupted_error(str(stop)) from None
+        check_finite_result("Train Textual Inversion", {"vectors": res.vectors},
+                            f"Lower learning_rate (now {_one(learning_rate)}).")
         save_embedding(folder, res)
         plot = loss_plot(res.losses, f"textual inversion '{name}': probe loss {res.probe_before:.4f} -> "
                                      f"{res.probe_after:.4f}")
@@ -384,8 +387,12 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
                 gradient_checkpointing=bool(_one(gradient_checkpointing)), progress=Progress(steps))
         except TrainingInterrupted as stop:
             if stop.result.steps_done > 0:
+                check_finite_result("Train Custom Diffusion", {**stop.result.deltas, **stop.result.tokens},
+                                    "lower learning_rate")
                 save_concept(folder, name, stop.result)
             raise bridge_progress.interrupted_error(str(stop)) from None
+        check_finite_result("Train Custom Diffusion", {**res.deltas, **res.tokens},
+                            f"Lower learning_rate (now {_one(learning_rate)}).")
         path = save_concept(folder, name, res)
         m, c = apply_concept(model, clip, res.deltas, res.tokens)
         plot = loss_plot(res.losses, f"custom diffusion '{name}': probe loss {res.probe_before:.4f} -> "

@@ -58,4 +58,63 @@ def comfy_server(tmp_path_factory):
     from support.server import ComfyServer
 
     with ComfyServer(tmp_path_factory.mktemp("comfy_server"), threads=THREADS or None) as srv:
-        yield srv
+        watch = _Responsiveness(srv)
+        try:
+            yield srv
+        finally:
+            watch.stop()
+            import sys
+
+            sys.__stderr__.write(f"\n[server responsiveness] GET /queue: {watch.count} polls during the run, median "
+                                 f"{watch.median * 1000:.0f} ms, worst {watch.worst * 1000:.0f} ms\n")
+        # the server stays responsive throughout the test run (hostile-input issue): its event loop never stalls
+        assert watch.worst < RESPONSIVE_S, (f"GET /queue took {watch.worst:.2f} s once during the test run "
+                                            f"({watch.count} polls, median {watch.median * 1000:.0f} ms)")
+
+
+#: the longest GET /queue may take while the tests use the server (prompts executing, the route busy)
+RESPONSIVE_S = 1.0
+
+
+class _Responsiveness:
+    """Polls GET /queue twice a second in a thread while the server is in use and keeps the latencies."""
+
+    def __init__(self, srv):
+        import threading
+
+        import requests
+
+        self.lat: list = []
+        self._stop = threading.Event()
+        self._session = requests.Session()
+        self._session.trust_env = False
+        self._url = srv.url + "/queue"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import time
+
+        while not self._stop.wait(0.5):
+            t0 = time.monotonic()
+            try:
+                self._session.get(self._url, timeout=30)
+            except Exception:  # noqa: BLE001 - a dead server is reported by the tests themselves
+                continue
+            self.lat.append(time.monotonic() - t0)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=35)
+
+    @property
+    def worst(self) -> float:
+        return max(self.lat, default=0.0)
+
+    @property
+    def median(self) -> float:
+        return sorted(self.lat)[len(self.lat) // 2] if self.lat else 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.lat)

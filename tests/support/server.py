@@ -238,8 +238,16 @@ class ComfyServer:
         return self._session.get(self.url + path, timeout=timeout, **kw)
 
     def post(self, path: str, json_body: Any = None, timeout: float = 30.0, **kw) -> requests.Response:
+        """POST with a JSON body, encoded as Python's json does (NaN and Infinity are written as such, as a
+        script calling the API would send them; requests' own encoder refuses them)."""
         self._check_alive()
-        return self._session.post(self.url + path, json=json_body, timeout=timeout, **kw)
+        if json_body is not None:
+            import json
+
+            headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+            return self._session.post(self.url + path, data=json.dumps(json_body), headers=headers, timeout=timeout,
+                                      **kw)
+        return self._session.post(self.url + path, timeout=timeout, **kw)
 
     def object_info(self, node_id: str | None = None) -> dict:
         """GET /object_info (all nodes) or /object_info/<node_id> (that node's entry, {} if unknown)."""

@@ -1,40 +1,114 @@
 // Attention Edit web extension: shows, on each "Prompt-to-Prompt Edit" node, how its edited prompt aligns with
 // the source prompt of the inversion it is used with (word swap or refine, which words change), using the
 // server route POST /attention_edit/align (the same alignment code the sampler uses).
+//
+// The source prompt is found by following the edit's output through the pack's pass-through nodes (every node
+// with an AE_P2P_EDIT input and an AE_P2P_EDIT output: Reweight, Local Blend, AdapEdit DPS ...; the list comes
+// from the node definitions) to an Edit Sampler, then its inversion input back through inversion pass-throughs
+// (Save Inversion) to Invert Image. A prompt given through a link is resolved where the frontend knows its value
+// (a primitive or a Concatenate of known strings); otherwise the display says that it comes from a link instead
+// of showing a widget's stale text.
 const { app } = window.comfyAPI.app;
 const { api } = window.comfyAPI.api;
 
 const EDIT_NODE = "AE_P2PEdit";
-const PASS_THROUGH = new Set(["AE_P2PReweight", "AE_P2PLocalBlend"]);
+const SAMPLER_NODE = "AE_P2PEditSampler";
+const INVERT_NODE = "AE_InvertImage";
+const LOAD_INVERSION_NODE = "AE_LoadInversion";
+const EDIT_TYPE = "AE_P2P_EDIT";
+const INVERSION_TYPE = "AE_INVERSION";
+// filled from the node definitions as ComfyUI registers them
+const EDIT_PASS_THROUGH = new Set();
+const INVERSION_PASS_THROUGH = new Set();
+
+function typesOf(nodeData) {
+  const inputs = { ...(nodeData?.input?.required ?? {}), ...(nodeData?.input?.optional ?? {}) };
+  const ins = Object.values(inputs).map((spec) => (Array.isArray(spec) ? spec[0] : spec));
+  return { ins, outs: nodeData?.output ?? [] };
+}
+
+function classOf(node) {
+  return node?.comfyClass ?? node?.type;
+}
+
+function getLink(graph, id) {
+  if (id == null || !graph?.links) return null;
+  return graph.links[id] ?? graph.links.get?.(id) ?? null;
+}
 
 function widgetValue(node, name) {
   const w = node?.widgets?.find((w) => w.name === name);
   return w ? w.value : undefined;
 }
 
-// Follows the edit's output through Reweight / Local Blend nodes to an Edit Sampler, then its inversion input
-// back to the Invert Image node, and returns that node's source prompt (or null).
+// The value of a node's input as the frontend knows it: {value} for a widget or a link from a node whose output is
+// known without running the workflow, {from: "<node title>"} for any other link.
+function inputValue(node, name, depth = 0) {
+  const graph = node.graph ?? app.graph;
+  const inp = node.inputs?.find((i) => i.name === name && i.link != null);
+  if (!inp) return { value: widgetValue(node, name) };
+  const link = getLink(graph, inp.link);
+  const src = link && graph.getNodeById(link.origin_id);
+  if (!src || depth > 8) return { from: "a link" };
+  return outputValue(src, depth + 1);
+}
+
+function outputValue(node, depth) {
+  const cls = classOf(node);
+  const title = node.constructor?.title || cls;
+  if (cls === "PrimitiveNode") {
+    const v = node.widgets?.[0]?.value;
+    return typeof v === "string" ? { value: v } : { from: title };
+  }
+  if (cls === "PrimitiveString" || cls === "PrimitiveStringMultiline") {
+    return inputValue(node, "value", depth);
+  }
+  if (cls === "StringConcatenate") {
+    const parts = ["string_a", "delimiter", "string_b"].map((n) => inputValue(node, n, depth));
+    const unknown = parts.find((p) => typeof p.value !== "string");
+    if (unknown) return { from: unknown.from && unknown.from !== "a link" ? `${title} ← ${unknown.from}` : title };
+    return { value: parts[0].value + parts[1].value + parts[2].value };
+  }
+  return { from: title };
+}
+
+// The source prompt of the inversion an edit node is used with: {value}, {from: ...} (it is given through a link
+// or stored in a loaded inversion file), or null when the edit reaches no Edit Sampler fed by an inversion.
 function findSourcePrompt(node, depth = 0) {
   const graph = node.graph ?? app.graph;
   if (!graph || depth > 8) return null;
   for (const out of node.outputs ?? []) {
     for (const linkId of out.links ?? []) {
-      const link = graph.links[linkId] ?? graph.links.get?.(linkId);
+      const link = getLink(graph, linkId);
       const target = link && graph.getNodeById(link.target_id);
       if (!target) continue;
-      if (PASS_THROUGH.has(target.comfyClass ?? target.type)) {
+      const cls = classOf(target);
+      if (EDIT_PASS_THROUGH.has(cls)) {
         const found = findSourcePrompt(target, depth + 1);
         if (found) return found;
-      } else if ((target.comfyClass ?? target.type) === "AE_P2PEditSampler") {
-        const slot = target.inputs?.findIndex((i) => i.name === "inversion");
-        const inLink = slot >= 0 ? graph.links[target.inputs[slot].link] ?? graph.links.get?.(target.inputs[slot].link) : null;
-        const inv = inLink && graph.getNodeById(inLink.origin_id);
-        const prompt = inv && widgetValue(inv, "source_prompt");
-        if (typeof prompt === "string") return prompt;
+      } else if (cls === SAMPLER_NODE) {
+        const found = inversionPrompt(target, "inversion", depth + 1);
+        if (found) return found;
       }
     }
   }
   return null;
+}
+
+function inversionPrompt(node, inputName, depth) {
+  const graph = node.graph ?? app.graph;
+  const inp = node.inputs?.find((i) => i.name === inputName);
+  const link = inp && getLink(graph, inp.link);
+  const src = link && graph.getNodeById(link.origin_id);
+  if (!src || depth > 8) return null;
+  const cls = classOf(src);
+  if (cls === INVERT_NODE) return inputValue(src, "source_prompt");
+  if (cls === LOAD_INVERSION_NODE) return { from: "the loaded inversion file" };
+  if (INVERSION_PASS_THROUGH.has(cls)) {
+    const name = src.inputs?.find((i) => i.type === INVERSION_TYPE)?.name;
+    return name ? inversionPrompt(src, name, depth + 1) : null;
+  }
+  return { from: src.constructor?.title || cls };
 }
 
 function summarise(edit) {
@@ -47,35 +121,48 @@ function summarise(edit) {
   return parts.join(" · ");
 }
 
+function setText(node, text) {
+  node.__aeAlignText = text;
+  node.setDirtyCanvas?.(true, false);
+}
+
 async function refresh(node) {
   const source = findSourcePrompt(node);
-  const target = widgetValue(node, "edited_prompts");
+  const target = inputValue(node, "edited_prompts");
   const mode = widgetValue(node, "mode") ?? "auto";
   const key = JSON.stringify([source, target, mode]);
   if (key === node.__aeAlignKey) return;
   node.__aeAlignKey = key;
-  if (!source || !target) {
-    node.__aeAlignText = source ? "" : "connect to an Edit Sampler fed by Invert Image to see the alignment";
-    node.setDirtyCanvas?.(true, false);
-    return;
+  if (!source) return setText(node, "connect to an Edit Sampler fed by Invert Image to see the alignment");
+  if (typeof target.value !== "string") {
+    return setText(node, `the edited prompt comes from a link (${target.from}): aligned when the workflow runs`);
   }
+  if (typeof source.value !== "string") {
+    return setText(node, `the source prompt comes from ${source.from === "the loaded inversion file" ? "" : "a link: "}` +
+                         `${source.from}: aligned when the workflow runs`);
+  }
+  if (!target.value.trim()) return setText(node, "");
   try {
     const resp = await api.fetchApi("/attention_edit/align", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ source, target, mode }),
+      body: JSON.stringify({ source: source.value, target: target.value, mode }),
     });
     const data = await resp.json();
-    node.__aeAlignText = (data.edits ?? []).map(summarise).join("\n") || data.error || "";
+    setText(node, data.error ? "⚠ " + data.error : (data.edits ?? []).map(summarise).join("\n"));
   } catch (e) {
-    node.__aeAlignText = "";
+    setText(node, "");
   }
-  node.setDirtyCanvas?.(true, false);
 }
 
 app.registerExtension({
   name: "AttentionEdit.AlignmentDisplay",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    const { ins, outs } = typesOf(nodeData);
+    if (nodeData?.name !== EDIT_NODE && ins.includes(EDIT_TYPE) && outs.includes(EDIT_TYPE)) {
+      EDIT_PASS_THROUGH.add(nodeData.name);
+    }
+    if (ins.includes(INVERSION_TYPE) && outs.includes(INVERSION_TYPE)) INVERSION_PASS_THROUGH.add(nodeData.name);
     if (nodeData?.name !== EDIT_NODE) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
