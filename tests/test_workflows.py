@@ -194,14 +194,11 @@ def _check_outputs(files_main, files_maps, n_edits=1):
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_runs_in_process(name, comfy):
     img = save_input_photo("cat", SIZE)
-    t0 = time.perf_counter()
     res = comfy.run_workflow(fast_prompt(name, img, prefix=f"inproc_{name}_"))
-    took = time.perf_counter() - t0
     assert res["status"]["status_str"] == "success"
     _check_outputs(res.files(SAVE_MAIN), res.files(SAVE_MAPS))
     lat = res.value(SAMPLER)["samples"]
     assert lat.shape == (2, 4, SIZE // 8, SIZE // 8) and torch.isfinite(lat).all()
-    assert took < 60, f"{name} took {took:.1f} s in-process"
     # the edit is Prompt-to-Prompt's: the same workflow with the injection windows closed (cross_replace_steps and
     # self_replace_steps 0: plain regeneration with the edited prompt, local blend kept) gives another image
     p2p = [n for n, v in fast_prompt(name, img).items() if v["class_type"] == "AE_P2PEdit"]
@@ -337,9 +334,7 @@ def test_runner_cli_end_to_end(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "attention_edit.runner", "p2p_word_swap_null_text", "--steps", "4",
            "--num-inner-steps", "2", "--out", str(out)]
-    t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=300)
-    took = time.perf_counter() - t0
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     assert "tiny test model, not Stable Diffusion" in r.stdout
     assert "--ckpt" in r.stdout and ".safetensors" in r.stdout
@@ -364,7 +359,6 @@ def test_runner_cli_end_to_end(tmp_path):
     assert "red circle (left)" in judged[0]
     assert "done in" in r.stdout
     assert "Traceback" not in r.stderr, r.stderr[-4000:]
-    assert took < 120
 
 
 def test_runner_scene_and_photo_options(comfy, tmp_path):
