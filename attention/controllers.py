@@ -198,6 +198,12 @@ class LocalBlend:
 
     dilation:      max-pool radius in map pixels; None = auto (``pool_radius``: the reference's 3x3 pool on its
                    16x16 maps, scaled with the map side, so none on tiny maps).
+    maps:          which maps of an edited row make its mask: 'injected' (the default: after injection, as the
+                   reference: its AttentionStore keeps the tensor AttentionControlEdit then overwrites in place, so
+                   in a word swap the edited word's mask comes from the source word's injected maps) or 'own' (its
+                   attention maps as computed, before the source's are injected). ToyWorld colour swap with local
+                   blend, 48 seeds (bench/bench_defaults.py local_blend): injected 69% / IoU 0.587 / background
+                   37.3 dB, own 67% / 0.546 / 36.3 dB.
 
     Mask recipe (reference LocalBlend): mean map of the words' tokens -> 3x3 max-pool (stride 1; radius scaled
     with the map side here) -> nearest resize to the latent -> divide by its max -> > threshold.
@@ -210,8 +216,11 @@ class LocalBlend:
     start_step: int = 0
     downscale: float = 4.0
     dilation: Optional[int] = None
+    maps: str = "injected"
 
     def __post_init__(self):
+        if self.maps not in ("own", "injected"):
+            raise ValueError(f"local blend 'maps' must be 'own' or 'injected', got {self.maps!r}")
         if self.dilation is not None and int(self.dilation) < 0:
             raise ValueError(f"local blend dilation must be >= 0 map pixels (or None for auto), got {self.dilation}")
         if self.use not in ("both", "source", "target"):
@@ -296,6 +305,8 @@ class P2PController:
     self_injection: Optional[SelfInjection] = None
     local_blend: Optional[LocalBlend] = None
     store: AttentionStore = field(default_factory=AttentionStore)
+    #: the maps after injection, kept only when local blend builds its masks from them (LocalBlend.maps)
+    injected_store: Optional[AttentionStore] = None
     store_min_downscale: float = 2.0
     feature_downscale: Optional[float] = 2.0  # record features on maps this much smaller than the latent (FWT)
 
@@ -341,10 +352,17 @@ class P2PController:
                                      features[i] if features is not None else None, info.map_hw))
             else:
                 rows.append(probs[i])
-        return torch.stack(rows, 0)
+        out = torch.stack(rows, 0)
+        if self.local_blend is not None and self.local_blend.maps == "injected" and \
+                info.downscale >= self.store_min_downscale - 1e-6:
+            if self.injected_store is None:
+                self.injected_store = AttentionStore()
+            self.injected_store.add(out, info.map_hw)
+        return out
 
     def after_step(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """Called with the latents [P, C, H, W] after each sampling step (local blend)."""
         if self.local_blend is None:
             return x
-        return self.local_blend.apply(x, self.store, step)
+        store = self.injected_store if self.local_blend.maps == "injected" else self.store
+        return self.local_blend.apply(x, store if store is not None else self.store, step)

@@ -34,6 +34,7 @@ class LocalBlendSpec:
     start: float = 0.2
     downscale: float = 4.0
     dilation: Optional[int] = None  # max-pool radius in map pixels; None = auto (LocalBlend.pool_radius)
+    maps: str = "injected"  # LocalBlend.maps: 'injected' (the reference's) or 'own' (the edited row's, before injection)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
             source_tokens=_tokens(tokenizer, source_prompt, lb.source_words),
             target_tokens=[_tokens(tokenizer, t, lb.target_words) for t in spec.target_prompts],
             use=lb.use, threshold=lb.threshold, start_step=int(round(lb.start * num_steps)),
-            downscale=lb.downscale, dilation=lb.dilation)
+            downscale=lb.downscale, dilation=lb.dilation, maps=lb.maps)
     # record the maps local blend reads even when they are finer than the default store limit (small latents)
     store_min = min(2.0, blend.downscale) if blend is not None else 2.0
     return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend,

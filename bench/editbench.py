@@ -37,11 +37,14 @@ class Settings:
     t2i_cfg: float = 6.0
     inversion: str = "null_text"
     num_inner_steps: int = 10        # the reference default; 5 loses ~8 dB on ToyWorld (26.6 vs 34.0 dB, 8 scenes)
+    null_text_mode: str = "fast"     # inversion.core.NULL_TEXT_MODES
+    scheduler: str = "p2p_ddim"      # the inversion's schedule (comfy_bridge.sampling.schedule_names)
     cross_replace_steps: float = 0.8
     self_replace_steps: float = 0.4
     self_min_downscale: float = 1.0   # ToyWorld latents are 8x8: inject on every level
     blend_downscale: float = 1.0      # local-blend masks from the 8x8 maps
     blend_threshold: float = 0.3
+    blend_maps: str = "injected"       # LocalBlend.maps
 
 
 @dataclass
@@ -161,13 +164,15 @@ def invert_scene(tm: ToyModel, sc: scenes.Scene, st: Settings, method: Optional[
     from ..comfy_bridge.sampling import replay_schedule
 
     method = method or st.inversion
-    key = (id(tm), sc.seed, sc.caption, repr(sc.spec), method, st.steps, st.cfg, st.num_inner_steps)
+    key = (id(tm), sc.seed, sc.caption, repr(sc.spec), method, st.steps, st.cfg, st.num_inner_steps,
+           st.null_text_mode, st.scheduler)
     if key in _INVERSIONS:
         return _INVERSIONS[key]
     lat = encode_image(tm, sc.image)
-    sig = replay_schedule(tm.model, "p2p_ddim", st.steps)
+    sig = replay_schedule(tm.model, st.scheduler, st.steps)
     inv = invert(tm.model, lat, tm.encode(sc.caption), tm.encode(""), sig, method=method,
-                 guidance_scale=st.cfg, num_inner_steps=st.num_inner_steps, source_prompt=sc.caption)
+                 guidance_scale=st.cfg, num_inner_steps=st.num_inner_steps, source_prompt=sc.caption,
+                 null_text_mode=st.null_text_mode)
     if len(_INVERSIONS) >= 64:
         _INVERSIONS.pop(next(iter(_INVERSIONS)))
     _INVERSIONS[key] = inv
@@ -195,7 +200,7 @@ def _edit(tm: ToyModel, inv, target: str, st: Settings, mode: str, blend_words=N
     lb = None
     if blend_words:
         lb = LocalBlendSpec(source_words=blend_words[0], target_words=blend_words[1], threshold=st.blend_threshold,
-                            downscale=st.blend_downscale)
+                            downscale=st.blend_downscale, maps=st.blend_maps)
     spec = EditSpec(target_prompts=(target,), mode=mode, cross_replace_steps=st.cross_replace_steps,
                     self_replace_steps=st.self_replace_steps, self_min_downscale=st.self_min_downscale,
                     equalizer=tuple(equalizer), local_blend=lb)

@@ -38,6 +38,10 @@ __all__ = [
     "load_weights",
     "config_from_any",
     "count_parameters",
+    "build_tiny_sdxl_unet",
+    "SUPPORTED_MODELS",
+    "model_family",
+    "require_supported",
 ]
 
 
@@ -381,3 +385,56 @@ def load_weights(path, dtype: torch.dtype | None = None):
     ``dtype`` None → the comfy.model_management default (fp32 on CPU; fp16 weights are upcast)."""
     cfg, sd, _ = read_weights(path)
     return build_sd1x(cfg, state_dict=sd, dtype=dtype)
+
+
+def build_tiny_sdxl_unet(seed: int = 0):
+    """A tiny SDXL-architecture MODEL (ComfyUI's SDXL model config and UNet class: 2048-wide context, the 2816-wide
+    ADM input of the pooled text and size/crop embeddings, transformer depth 0/1 on two levels; 32 channels;
+    seeded random weights), for tests on the CPU. Returns the ModelPatcher only (no text encoder or VAE yet)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                   "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+                   "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
+                   "transformer_depth_output": [0, 0, 1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+                   "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 16,
+                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    model_config = comfy.supported_models.SDXL(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device="cpu")
+    init_weights(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+#: what the pack's nodes run on today, as the refusal message says it
+SUPPORTED_MODELS = ("SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes: a UNet with 768-wide "
+                    "CLIP-L cross-attention)")
+
+
+def model_family(model_patcher) -> str:
+    """The family of a MODEL as ComfyUI detected it when loading: "sd1" for an SD1.x UNet (ComfyUI's SD15 model
+    config: 768-wide cross-attention context in a real checkpoint, narrower in the pack's tiny and ToyWorld models
+    built from the same class), otherwise the name of ComfyUI's model config class ("SDXL",
+    "SD20", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has none."""
+    import comfy.supported_models
+
+    base = getattr(model_patcher, "model", None)
+    cfg = getattr(base, "model_config", None)
+    if cfg is None:
+        return type(base if base is not None else model_patcher).__name__
+    if isinstance(cfg, comfy.supported_models.SD15):
+        return "sd1"
+    return type(cfg).__name__
+
+
+def require_supported(node: str, model_patcher) -> None:
+    """ValueError naming the node, the MODEL's family and what is supported, for a model the pack cannot edit
+    with (checked before any work starts)."""
+    family = model_family(model_patcher)
+    if family != "sd1":
+        raise ValueError(f"{node}: this MODEL is {family} (as ComfyUI detected it); Attention Edit works with {SUPPORTED_MODELS} in "
+                         "this version (SDXL, SD2.x and MM-DiT models such as Flux and SD3 are not supported yet). "
+                         "Load an SD1.x checkpoint, or the pack's ToyWorld Model Loader to try the workflow")

@@ -24,8 +24,11 @@ from ..inversion.protocol import Loop
 from .progress import throw_if_interrupted
 
 P2P_DDIM = "p2p_ddim"
+#: the reference timesteps with the reference's last level: the last step goes to alphas_cumprod[0] (the model's
+#: smallest sigma) instead of to sigma 0
+P2P_DDIM_REFERENCE = "p2p_ddim_reference"
 
-__all__ = ["P2P_DDIM", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names", "replay_schedule",
+__all__ = ["P2P_DDIM", "P2P_DDIM_REFERENCE", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names", "replay_schedule",
            "core_sample", "latent_channels", "make_weights_autograd_safe"]
 
 
@@ -41,6 +44,23 @@ class ComfyDenoiser:
         self.model_options = model_options
         self.sigmas = sigmas
         self._template = guider.conds["positive"][0]
+
+    def with_kernel(self, kernel: str) -> "ComfyDenoiser":
+        """This denoiser with another attention kernel: "host" (ComfyUI's configured one) or "sdpa" (PyTorch's
+        scaled_dot_product_attention, ``comfy.ldm.modules.attention.attention_pytorch``) through the public
+        ``transformer_options["optimized_attention_override"]``; an override another node set is kept."""
+        if kernel == "host":
+            return self
+        if kernel != "sdpa":
+            raise ValueError(f"unknown attention kernel {kernel!r}; use 'host' or 'sdpa'")
+        to = dict(self.model_options.get("transformer_options", {}))
+        if "optimized_attention_override" in to:
+            return self
+        to["optimized_attention_override"] = _sdpa_override
+        other = ComfyDenoiser.__new__(ComfyDenoiser)
+        other.__dict__.update(self.__dict__)
+        other.model_options = {**self.model_options, "transformer_options": to}
+        return other
 
     @property
     def device(self):
@@ -87,6 +107,12 @@ class ComfyDenoiser:
         throw_if_interrupted()
 
 
+def _sdpa_override(func, *args, **kwargs):
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
+
+
 class ComfyRunner:
     """``inversion.protocol.LoopRunner`` on ComfyUI: runs a loop with ``model_patcher`` (a MODEL; a clone with the
     attention controller installed when one is given) and ``conditioning`` (a CONDITIONING whose first entry is
@@ -121,18 +147,23 @@ def runner(model_patcher, conditioning, controller=None) -> ComfyRunner:
 
 
 def schedule_names() -> list:
-    """Schedulers an inversion can use: the reference DDIM timesteps first, then ComfyUI's."""
+    """Schedulers an inversion can use: the reference DDIM timesteps (ending at sigma 0, or at the reference's last
+    level), then ComfyUI's."""
     import comfy.samplers
 
-    return [P2P_DDIM] + list(comfy.samplers.SCHEDULER_NAMES)
+    return [P2P_DDIM, P2P_DDIM_REFERENCE] + list(comfy.samplers.SCHEDULER_NAMES)
 
 
 def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     """The descending sigma schedule an inversion is replayed on, as a CPU float tensor.
 
-    'p2p_ddim' is the reference's DDIM schedule (``inversion.ddim.reference_ddim_timesteps``), then sigma 0:
-    exactly ``steps`` steps. Other names are ComfyUI's schedulers (``comfy.samplers.calculate_sigmas``); some of
-    them (ddim_uniform) may return one step more than asked. ValueError for an unknown name or steps < 1."""
+    'p2p_ddim' is the reference's DDIM timesteps (``inversion.ddim.reference_ddim_timesteps``: 980, 960, ..., 0 at
+    50 steps), then sigma 0: exactly ``steps`` steps, the last one a full denoise. 'p2p_ddim_reference' ends where
+    the reference's last DDIM step goes, alphas_cumprod[0] (diffusers' DDIMScheduler with set_alpha_to_one=False):
+    the model's smallest sigma, so the last step leaves the latent nearly unchanged (google/prompt-to-prompt
+    null_text_w_ptp.ipynb prev_step at t = 0). Other names are ComfyUI's schedulers
+    (``comfy.samplers.calculate_sigmas``); some of them (ddim_uniform) may return one step more than asked.
+    ValueError for an unknown name or steps < 1."""
     import comfy.samplers
 
     if scheduler not in schedule_names():
@@ -140,9 +171,10 @@ def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     ms = model_patcher.get_model_object("model_sampling")
-    if scheduler == P2P_DDIM:
+    if scheduler in (P2P_DDIM, P2P_DDIM_REFERENCE):
         sig = ms.sigma(reference_ddim_timesteps(len(ms.sigmas), steps)).float().cpu()
-        return torch.cat([sig, sig.new_zeros(1)])
+        last = sig.new_zeros(1) if scheduler == P2P_DDIM else ms.sigma(torch.zeros(1)).float().cpu()
+        return torch.cat([sig, last])
     return comfy.samplers.calculate_sigmas(ms, scheduler, steps).float().cpu()
 
 

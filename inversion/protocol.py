@@ -22,7 +22,8 @@ class Denoiser(Protocol):
     whose embedding is None is skipped. ``cfg(cond_x0, uncond_x0, x, sigma, scale)`` is classifier-free guidance
     on denoised estimates, uncond + scale * (cond - uncond) (the host's CFG hooks apply). ``sigma_min`` is the
     model's smallest noise level. ``enable_grad()`` lets autograd run through the model (its weights get no
-    gradient); ``check_interrupt()`` raises the host's interrupt exception when the user stopped the run."""
+    gradient); ``with_kernel(kernel)`` gives the same access with another attention kernel;
+    ``check_interrupt()`` raises the host's interrupt exception when the user stopped the run."""
 
     sigma_min: float
 
@@ -36,6 +37,11 @@ class Denoiser(Protocol):
             scale: float) -> torch.Tensor: ...
 
     def enable_grad(self) -> None: ...
+
+    def with_kernel(self, kernel: str) -> "Denoiser":
+        """The same model access with another attention kernel ("host": the host's; "sdpa": PyTorch's fused
+        scaled_dot_product_attention, fast in forward and backward); the numbers agree to float rounding."""
+        ...
 
     def check_interrupt(self) -> None: ...
 

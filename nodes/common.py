@@ -53,6 +53,14 @@ def token_strings(clip, prompt: str) -> list:
     return align.token_labels(clip.tokenizer, prompt)
 
 
+def supported(node: str, model) -> None:
+    """ValueError naming the node, the MODEL's family and what is supported (comfy_bridge.models.require_supported),
+    before any work starts."""
+    from ..comfy_bridge.models import require_supported
+
+    require_supported(node, model)
+
+
 def finite(node: str, **values) -> None:
     """ValueError naming the node and the input when a float input is NaN or infinite (ComfyUI's min/max check
     lets them through)."""

@@ -7,7 +7,7 @@ from ..attention import align
 from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
 from ..comfy_bridge import sampling as bridge_sampling
 from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress, check_finite_latent,
-                     encode, finite, latent_samples, token_strings)
+                     encode, finite, latent_samples, supported, token_strings)
 
 
 RESOLUTIONS = ("1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)", "1/8 (8x8 at 512px)", "full")
@@ -95,6 +95,10 @@ class AE_P2PReweight(io.ComfyNode):
         return io.NodeOutput(edit.with_equalizer(align.parse_word_values(equalizer)))
 
 
+#: local blend's map choices (attention.controllers.LocalBlend.maps), the default first
+BLEND_MAPS = ("injected", "own")
+
+
 class AE_P2PLocalBlend(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -121,17 +125,22 @@ class AE_P2PLocalBlend(io.ComfyNode):
                                tooltip="Which attention maps make the mask, as a fraction of the latent per side: "
                                        "1/4 is the reference's 16x16 maps at 512px; use 1/2 or full for small "
                                        "images (e.g. 64px models)."),
+                io.Combo.Input("maps", options=list(BLEND_MAPS), default=BLEND_MAPS[0], optional=True,
+                               tooltip="Which attention maps of the edited prompt make its mask: 'injected' "
+                                       "(after the source's are injected, as the reference code; in a word swap "
+                                       "the new word's mask is then the source word's) or 'own' (its maps as "
+                                       "computed, before injection). README: Figures, local blend's maps."),
             ],
             outputs=[P2PEdit.Output("edit_out", display_name="edit", tooltip="The edit with local blend.")],
         )
 
     @classmethod
     def execute(cls, edit, source_words, target_words, use, threshold, start,
-                mask_resolution=None) -> io.NodeOutput:
+                mask_resolution=None, maps=None) -> io.NodeOutput:
         finite("Prompt-to-Prompt Local Blend", threshold=threshold, start=start)
         lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
                             use=use, threshold=threshold, start=start,
-                            downscale=_downscale(mask_resolution or RESOLUTIONS[0]))
+                            downscale=_downscale(mask_resolution or RESOLUTIONS[0]), maps=maps or BLEND_MAPS[0])
         return io.NodeOutput(edit.with_local_blend(lb))
 
 
@@ -166,6 +175,7 @@ class AE_P2PEditSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, edit=None, steps=0, latent=None) -> io.NodeOutput:
+        supported("Prompt-to-Prompt Edit Sampler", model)
         inversion.check_compatible(steps=steps or None,
                                    latent_shape=latent_samples(latent).shape if latent is not None else None)
         out, maps = run_edit(model, clip, inversion, edit, progress=Progress(inversion.steps))

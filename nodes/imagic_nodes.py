@@ -23,7 +23,8 @@ from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
 from ..training.common import loss_plot
 from ..training.fit import TrainingInterrupted
-from .common import CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder
+from .common import (CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder,
+                     supported)
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -189,6 +190,7 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
     def execute(cls, model, vae, image, target, name, steps, learning_rate, seed,
                 gradient_checkpointing) -> io.NodeOutput:
         finite("Imagic 1: Optimise Embedding", learning_rate=learning_rate)
+        supported("Imagic 1: Optimise Embedding", model)
         name = files.validate_name(name, "name")
         files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
@@ -264,6 +266,7 @@ class AE_ImagicFineTune(io.ComfyNode):
     def execute(cls, model, imagic, train, rank, steps, learning_rate, seed, gradient_checkpointing,
                 name="") -> io.NodeOutput:
         finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
+        supported("Imagic 2: Fine-tune Model", model)
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
         name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
@@ -406,6 +409,7 @@ class AE_ImagicLoad(io.ComfyNode):
     @classmethod
     def execute(cls, model, imagic_file, strength) -> io.NodeOutput:
         finite("Load Imagic", strength=strength)
+        supported("Load Imagic", model)
         res = load_imagic(_imagic_path(imagic_file))
         im.target_embedding([[res.e_opt, {}]], bridge_training.context_dim(model), f"embedding in {imagic_file!r}")
         out = apply_imagic(model, res, strength, what=f"Imagic file {imagic_file!r}")

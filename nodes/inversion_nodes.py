@@ -10,8 +10,8 @@ from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
-from ..inversion.core import METHODS
-from .common import CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples
+from ..inversion.core import METHODS, NULL_TEXT_MODES
+from .common import CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples, supported
 
 
 class AE_InvertImage(io.ComfyNode):
@@ -56,6 +56,11 @@ class AE_InvertImage(io.ComfyNode):
                 io.Float.Input("learning_rate", default=1e-2, min=0.0, max=1.0, step=1e-4,
                                tooltip="null_text only: Adam learning rate at the first step; decays linearly "
                                        "to half at the last (reference: 1e-2)."),
+                io.Combo.Input("null_text_mode", options=list(NULL_TEXT_MODES), default="fast", optional=True,
+                               tooltip="null_text only: the attention kernel of the optimisation. fast: PyTorch's "
+                                       "fused attention (forward and backward); reference: the host's (on the "
+                                       "CPU ComfyUI's sub-quadratic one). Both run the public notebook's loop "
+                                       "step for step and give the same embeddings to float rounding."),
             ],
             outputs=[
                 Inversion.Output("inversion", tooltip="The inversion (x_T, schedule, null-text embeddings, source "
@@ -66,19 +71,21 @@ class AE_InvertImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
-                early_stop_epsilon, learning_rate) -> io.NodeOutput:
+                early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
         finite("Invert Image", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
+        supported("Invert Image", model)
         x = latent_samples(latent)
         inv = invert_image(model, clip, x, source_prompt, method=method, steps=steps, cfg=cfg, scheduler=scheduler,
                            num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
-                           learning_rate=learning_rate,
+                           learning_rate=learning_rate, null_text_mode=null_text_mode or "fast",
                            progress=Progress(steps * (2 if method == "null_text" else 1)))
         return io.NodeOutput(inv, {"samples": inv.x_T.clone()})
 
 
 def invert_image(model, clip, latent, source_prompt: str, method: str = "null_text", steps: int = 50,
                  cfg: float = 7.5, scheduler: str = P2P_DDIM, num_inner_steps: int = 10,
-                 early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None):
+                 early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None,
+                 null_text_mode: str = "fast"):
     """Glue of Invert Image: encodes the prompts, builds the schedule and runs ``inversion.core.invert`` in
     ComfyUI's sampler. latent: [1, C, H, W] LATENT samples. Returns the Inversion; ValueError when the result is not
     finite."""
@@ -87,7 +94,8 @@ def invert_image(model, clip, latent, source_prompt: str, method: str = "null_te
     sigmas = replay_schedule(model, scheduler, steps)
     inv = bridge_sampling.invert(model, latent, src, empty, sigmas, method=method, guidance_scale=cfg,
                  num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
-                 learning_rate=learning_rate, source_prompt=source_prompt, scheduler=scheduler, progress=progress)
+                 learning_rate=learning_rate, source_prompt=source_prompt, scheduler=scheduler, progress=progress,
+                 null_text_mode=null_text_mode)
     check_finite_latent("Invert Image", "check the model and the photo's latent (and lower the learning_rate)",
                         inv.x_T)
     return inv

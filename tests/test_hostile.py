@@ -347,3 +347,38 @@ def test_a_pickle_payload_is_never_run(comfy_server, tmp_path):
     msg = failure(comfy_server, load_concept_graph(path.name))
     assert path.name in msg and "weights_only" in msg, msg
     assert not os.path.exists(marker), "the pickle payload ran"
+
+
+def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_server):
+    """A MODEL the pack cannot edit with (here a tiny SDXL model built from ComfyUI's own SDXL classes) is refused
+    by every AE_* node that takes a MODEL, before any work starts, with one message naming the node, the model's
+    family and what is supported."""
+    import nodes as comfy_nodes
+
+    from attention_edit.comfy_bridge.models import build_tiny_sdxl_unet, model_family
+
+    sdxl = build_tiny_sdxl_unet()
+    assert model_family(sdxl) == "SDXL"
+    info = comfy_server.object_info()
+    tried = []
+    for node_id, spec in sorted(info.items()):
+        if not node_id.startswith("AE_"):
+            continue
+        sections = spec["input"]
+        names = [(n, sec) for sec in ("required", "optional") for n in (spec["input_order"].get(sec) or [])]
+        if not any(sections[sec][n][0] == "MODEL" for n, sec in names):
+            continue
+        cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+        listy = bool(cls.define_schema().is_input_list)
+        kwargs = {}
+        for n, sec in names:
+            opts = sections[sec][n][1] if len(sections[sec][n]) > 1 else {}
+            v = sdxl if sections[sec][n][0] == "MODEL" else opts.get("default")
+            kwargs[n] = [v] if listy else v
+        with pytest.raises(ValueError) as ei:
+            cls.execute(**kwargs)
+        msg = str(ei.value)
+        short = spec["display_name"].split(" (")[0]  # "Invert Image (Null-text / DDIM)" -> "Invert Image"
+        assert msg.startswith(short) and ": this MODEL is SDXL" in msg and "SD1.x checkpoints" in msg, (node_id, msg)
+        tried.append(node_id)
+    assert len(tried) >= 9, tried  # inversion, edit sampler, 2 trainers, concept load/export, 3 Imagic nodes

@@ -1,0 +1,84 @@
+"""Null-text inversion's two modes on the shipped ToyWorld model (a render and a real photo): the reference mode is
+the textbook loop (Mokady et al. Algorithm 1 as the public notebook runs it, bench/bench_inversion.py) step for
+step; the fast mode (another attention kernel) takes the same steps to float rounding; neither computes a weight
+gradient.
+Times are the benchmark's business (bench/bench_inversion.py); these tests check behaviour."""
+import pytest
+import torch
+
+from attention_edit.bench import bench_inversion as bi
+from attention_edit.comfy_bridge import text
+from attention_edit.comfy_bridge.models import load_weights
+from attention_edit.comfy_bridge.sampling import invert, replay_schedule
+from attention_edit.comfy_bridge.training import encode_image
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def toy(comfy):
+    from attention_edit.bench.editbench import SHIPPED
+
+    return load_weights(SHIPPED)
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["render", "photo"])
+def case(request, toy):
+    model, clip, vae = toy
+    name, image, prompt = bi.inputs(False, 64)[request.param]
+    return dict(model=model, clip=clip, vae=vae, image=image, prompt=prompt, src=text.encode(clip, prompt),
+                empty=text.encode(clip, ""), latent=encode_image(vae, image[..., :3]),
+                sigmas=replay_schedule(model, "p2p_ddim", STEPS))
+
+
+def _run(c, mode):
+    return invert(c["model"], c["latent"], c["src"], c["empty"], c["sigmas"], method="null_text", guidance_scale=7.5,
+                  num_inner_steps=10, source_prompt=c["prompt"], null_text_mode=mode)
+
+
+def test_reference_mode_is_the_textbook_loop(case):
+    tb, tb_iters, _ = bi.run_textbook(case["model"], case["latent"], case["src"], case["empty"], case["sigmas"], 7.5, 10)
+    ref = _run(case, "reference")
+    assert sum(len(x) for x in ref.losses) == tb_iters
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref.uncond, tb.uncond))
+    assert diff < 1e-3, diff  # the same embeddings (weight gradients in the textbook only change rounding)
+    assert torch.allclose(ref.x_T, tb.x_T)
+
+
+def test_fast_mode_takes_the_reference_steps(case):
+    """The fast mode changes the attention kernel, not the loop: the same Adam steps per step, the same embeddings
+    and reconstruction to float rounding."""
+    ref, fast = _run(case, "reference"), _run(case, "fast")
+    assert [len(x) for x in fast.losses] == [len(x) for x in ref.losses]
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref.uncond, fast.uncond))
+    assert diff < 1e-3, diff
+    q_ref = bi.quality(case["model"], case["vae"], ref, case["latent"], case["image"])
+    q_fast = bi.quality(case["model"], case["vae"], fast, case["latent"], case["image"])
+    assert abs(q_fast[0] - q_ref[0]) <= 0.01 * q_ref[0], (q_fast, q_ref)
+
+
+def test_fast_mode_runs_pytorch_sdpa_on_the_inner_passes(case, monkeypatch):
+    """The kernel lever is real: in the fast mode the cross-attention of the optimised passes runs through PyTorch's
+    scaled_dot_product_attention (forward and backward), in the reference mode through the host's kernel (ComfyUI's sub-quadratic one on the
+    CPU, where the tests run)."""
+    import torch.nn.functional as F
+
+    calls = {"n": 0}
+    real = F.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    _run(case, "fast")
+    fast_calls = calls["n"]
+    calls["n"] = 0
+    _run(case, "reference")
+    assert fast_calls > 0 and fast_calls > calls["n"], (fast_calls, calls["n"])
+
+
+def test_no_weight_gradient_is_ever_computed(case):
+    params = list(case["model"].model.diffusion_model.parameters())
+    _run(case, "fast")
+    assert all(p.grad is None and not p.requires_grad for p in params)
