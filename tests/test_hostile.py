@@ -196,6 +196,25 @@ def test_a_concept_with_nan_or_inf_tensors_is_refused_before_it_is_applied(comfy
     assert f"{name}.safetensors" in msg and "NaN or infinite" in msg and "again" in msg, msg
 
 
+def _input_types(spec: dict) -> dict:
+    """{input name: type} of a node's /object_info entry, in widget order (required, then optional)."""
+    return {n: spec["input"][sec][n][0] for sec in ("required", "optional") for n in (spec["input_order"].get(sec) or [])}
+
+
+def _default_kwargs(spec: dict, cls, pick) -> dict:
+    """execute() keyword arguments of a node: ``pick(name, type)`` where it returns a value, else the input's
+    default from /object_info (None when it has none); wrapped in lists for an input-list node."""
+    listy = bool(cls.define_schema().is_input_list)
+    out = {}
+    for n, t in _input_types(spec).items():
+        sec = "required" if n in spec["input"].get("required", {}) else "optional"
+        opts = spec["input"][sec][n][1] if len(spec["input"][sec][n]) > 1 else {}
+        v = pick(n, t)
+        v = opts.get("default") if v is None else v
+        out[n] = [v] if listy else v
+    return out
+
+
 def test_every_float_input_of_every_node_refuses_nan_and_inf(comfy, comfy_server):
     """ComfyUI's min/max check lets NaN and inf through: each node checks its float inputs first, and the message
     names the node and the input. Every FLOAT input of every AE_* node is tried (from /object_info)."""
@@ -206,18 +225,11 @@ def test_every_float_input_of_every_node_refuses_nan_and_inf(comfy, comfy_server
     for node_id, spec in sorted(info.items()):
         if not node_id.startswith("AE_"):
             continue
-        sections = spec["input"]
-        names = [(n, sec) for sec in ("required", "optional") for n in (spec["input_order"].get(sec) or [])]
-        floats = [n for n, sec in names if sections[sec][n][0] == "FLOAT"]
         cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
-        listy = bool(cls.define_schema().is_input_list)
+        floats = [n for n, t in _input_types(spec).items() if t == "FLOAT"]
         for target in floats:
             for bad in (NAN, math.inf):
-                kwargs = {}
-                for n, sec in names:
-                    opts = sections[sec][n][1] if len(sections[sec][n]) > 1 else {}
-                    v = bad if n == target else opts.get("default")
-                    kwargs[n] = [v] if listy else v
+                kwargs = _default_kwargs(spec, cls, lambda n, t: bad if n == target else None)
                 with pytest.raises(ValueError) as ei:
                     cls.execute(**kwargs)
                 assert f"'{target}'" in str(ei.value) and "finite" in str(ei.value), (node_id, target, ei.value)
@@ -364,17 +376,10 @@ def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_s
     for node_id, spec in sorted(info.items()):
         if not node_id.startswith("AE_"):
             continue
-        sections = spec["input"]
-        names = [(n, sec) for sec in ("required", "optional") for n in (spec["input_order"].get(sec) or [])]
-        if not any(sections[sec][n][0] == "MODEL" for n, sec in names):
+        if "MODEL" not in _input_types(spec).values():
             continue
         cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
-        listy = bool(cls.define_schema().is_input_list)
-        kwargs = {}
-        for n, sec in names:
-            opts = sections[sec][n][1] if len(sections[sec][n]) > 1 else {}
-            v = sdxl if sections[sec][n][0] == "MODEL" else opts.get("default")
-            kwargs[n] = [v] if listy else v
+        kwargs = _default_kwargs(spec, cls, lambda n, t: sdxl if t == "MODEL" else None)
         with pytest.raises(ValueError) as ei:
             cls.execute(**kwargs)
         msg = str(ei.value)
