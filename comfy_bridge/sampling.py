@@ -230,6 +230,15 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
     return invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
 
 
+def invert_batch(model_patcher, latent: torch.Tensor, source_conds: list, empty_cond, sigmas: torch.Tensor, **kwargs):
+    """``inversion.core.invert_batch`` of a LATENT batch [B, C, H, W] (one CONDITIONING per image) with
+    ``model_patcher``, run in ComfyUI's sampler as one batch; returns B inversions."""
+    from ..inversion.core import invert_batch as invert_loop
+
+    return invert_loop(ComfyRunner(model_patcher, source_conds[0]), latent, source_conds, empty_cond, sigmas,
+                       **kwargs)
+
+
 def edit(model_patcher, inversion, target_conds: list, controller=None, **kwargs) -> torch.Tensor:
     """``inversion.replay.edit``: replays ``inversion`` with the edited prompts' CONDITIONINGs, ``controller``
     installed on a clone of ``model_patcher``; returns [1 + edits, C, H, W] LATENT samples."""

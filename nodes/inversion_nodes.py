@@ -101,6 +101,89 @@ def invert_image(model, clip, latent, source_prompt: str, method: str = "null_te
     return inv
 
 
+class AE_InvertImageBatch(io.ComfyNode):
+    """Invert Images (Batch): Invert Image for a LATENT batch, as one batched optimisation (faster per photo where
+    the model is small for the device: inversion.core.null_text_loop). Outputs lists: every node after it runs once
+    per photo."""
+
+    @classmethod
+    def define_schema(cls):
+        base = AE_InvertImage.define_schema()
+        inputs = []
+        for inp in base.inputs:
+            if inp.id == "latent":
+                inp = io.Latent.Input("latent", tooltip="The photos, encoded with VAE Encode as one batch (all the "
+                                                        "same size), e.g. from a batch of loaded images.")
+            elif inp.id == "source_prompt":
+                inp = io.String.Input("source_prompt", multiline=True, default="a photo of a cat",
+                                      tooltip="One line per photo, in batch order, each describing its photo; or "
+                                              "one line for all of them. The edited prompts are compared with "
+                                              "the photo's line word by word.")
+            inputs.append(inp)
+        return io.Schema(
+            node_id="AE_InvertImageBatch",
+            display_name="Invert Images (Batch)",
+            category=f"{CATEGORY}/inversion",
+            description=(
+                "Invert Image for several photos at once: the same inversion of each photo (same steps, same "
+                "null-text optimisation, same result as inverting it alone), computed as one batch, which is "
+                "faster per photo when the model is small for the device. Its outputs are lists: every node "
+                "after it (Prompt-to-Prompt Edit Sampler, Save Inversion...) runs once per photo."),
+            inputs=inputs,
+            outputs=[
+                Inversion.Output("inversion", tooltip="One inversion per photo (a list).", is_output_list=True),
+                io.Latent.Output("noise_latent", tooltip="x_T of each photo (a list of LATENTs).",
+                                 is_output_list=True),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
+                early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
+        finite("Invert Images (Batch)", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
+        supported("Invert Images (Batch)", model)
+        x = latent_samples(latent)
+        prompts = batch_prompts(source_prompt, x.shape[0])
+        invs = invert_images(model, clip, x, prompts, method=method, steps=steps, cfg=cfg, scheduler=scheduler,
+                             num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
+                             learning_rate=learning_rate, null_text_mode=null_text_mode or "fast",
+                             progress=Progress(steps * (2 if method == "null_text" else 1)))
+        return io.NodeOutput(invs, [{"samples": inv.x_T.clone()} for inv in invs])
+
+
+def batch_prompts(text: str, n: int) -> list:
+    """The source prompts of a batch of ``n`` photos: one non-empty line per photo, or one line for all. ValueError
+    naming both counts otherwise."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("the source prompt is empty; type one line per photo describing it (or one for all)")
+    if len(lines) == 1:
+        return lines * n
+    if len(lines) != n:
+        raise ValueError(f"the source prompt has {len(lines)} lines but the latent batch has {n} photos; give one "
+                         f"line per photo in batch order, or a single line for all of them")
+    return lines
+
+
+def invert_images(model, clip, latent, prompts: list, method: str = "null_text", steps: int = 50,
+                  cfg: float = 7.5, scheduler: str = P2P_DDIM, num_inner_steps: int = 10,
+                  early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None,
+                  null_text_mode: str = "fast") -> list:
+    """Glue of Invert Images (Batch): latent [B, C, H, W] LATENT samples, one prompt per image; returns B
+    inversions (``inversion.core.invert_batch``). ValueError when a result is not finite."""
+    srcs = [encode(clip, p, f"source prompt of photo {k + 1}") for k, p in enumerate(prompts)]
+    empty = bridge_text.encode(clip, "")
+    sigmas = replay_schedule(model, scheduler, steps)
+    invs = bridge_sampling.invert_batch(
+        model, latent, srcs, empty, sigmas, method=method, guidance_scale=cfg, num_inner_steps=num_inner_steps,
+        early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate, source_prompts=prompts,
+        scheduler=scheduler, progress=progress, null_text_mode=null_text_mode)
+    for k, inv in enumerate(invs):
+        check_finite_latent("Invert Images (Batch)", f"photo {k + 1}: check the model and the photo's latent (and "
+                            "lower the learning_rate)", inv.x_T)
+    return invs
+
+
 def _inversion_dir() -> str:
     return files.output_subdir("inversions")
 
@@ -175,4 +258,4 @@ def load_inversion_file(path: str):
     return store.from_file(tensors, meta, f"the inversion file {os.path.basename(path)!r}")
 
 
-NODES = [AE_InvertImage, AE_SaveInversion, AE_LoadInversion]
+NODES = [AE_InvertImage, AE_InvertImageBatch, AE_SaveInversion, AE_LoadInversion]

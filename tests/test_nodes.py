@@ -116,3 +116,41 @@ def test_empty_source_prompt_and_other_steps_are_refused(comfy, image_name):
                                                             "steps": 50}}
     with pytest.raises(comfy.WorkflowExecutionError, match="made with 2 steps but the edit asks for 50"):
         comfy.run_workflow(g, outputs=["7"])
+
+
+def test_invert_images_batch_node_inverts_each_photo_and_maps_the_edit(comfy, image_name):
+    """Invert Images (Batch) through the executor: a batch of two photos (one source prompt per line) gives two
+    inversions, each the same as Invert Image of that photo alone, and the edit sampler after it runs once per
+    photo."""
+    from attention_edit.headless.photos import save_input_photo
+
+    other = save_input_photo("coffee", 64)
+    g = base_graph(image_name, method="null_text", steps=3)
+    g.update({
+        "10": {"class_type": "LoadImage", "inputs": {"image": other}},
+        "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "LatentBatch", "inputs": {"samples1": ["3", 0], "samples2": ["11", 0]}},
+        "13": {"class_type": "AE_InvertImageBatch", "inputs": {
+            **g["4"]["inputs"], "latent": ["12", 0], "source_prompt": SOURCE + "\n a photo of a cup of coffee "}},
+        "14": {"class_type": "AE_InvertImage", "inputs": {
+            **g["4"]["inputs"], "latent": ["11", 0], "source_prompt": "a photo of a cup of coffee"}},
+        "15": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                             "inversion": ["13", 0]}},
+    })
+    res = comfy.run_workflow(g, outputs=["4", "13", "14", "15"])
+    invs = res.values("13")[0]
+    assert len(invs) == 2 and len(res.values("13")[1]) == 2
+    assert [i.source_prompt for i in invs] == [SOURCE, "a photo of a cup of coffee"]
+    for inv, alone in zip(invs, (res.value("4", 0), res.value("14", 0))):
+        assert [len(x) for x in inv.losses] == [len(x) for x in alone.losses]
+        assert torch.allclose(inv.x_T, alone.x_T, atol=1e-4)
+    assert len(res.values("15")[0]) == 2  # the sampler ran once per photo
+
+
+def test_invert_images_batch_node_refuses_a_prompt_count_that_does_not_match(comfy, image_name):
+    g = base_graph(image_name, steps=2)
+    g["12"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["3", 0], "amount": 2}}
+    g["13"] = {"class_type": "AE_InvertImageBatch", "inputs": {**g["4"]["inputs"], "latent": ["12", 0],
+                                                              "source_prompt": "a\nb\nc"}}
+    with pytest.raises(comfy.WorkflowExecutionError, match="3 lines but the latent batch has 2 photos"):
+        comfy.run_workflow(g, outputs=["13"])

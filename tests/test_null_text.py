@@ -9,7 +9,7 @@ import torch
 from attention_edit.bench import bench_inversion as bi
 from attention_edit.comfy_bridge import text
 from attention_edit.comfy_bridge.models import load_weights
-from attention_edit.comfy_bridge.sampling import invert, replay_schedule
+from attention_edit.comfy_bridge.sampling import invert, invert_batch, replay_schedule
 from attention_edit.comfy_bridge.training import encode_image
 
 STEPS = 10
@@ -22,7 +22,7 @@ def toy(comfy):
     return load_weights(SHIPPED)
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["render", "photo"])
+@pytest.fixture(scope="module", params=[0, 2], ids=["render", "photo"])
 def case(request, toy):
     model, clip, vae = toy
     name, image, prompt = bi.inputs(False, 64)[request.param]
@@ -82,3 +82,38 @@ def test_no_weight_gradient_is_ever_computed(case):
     params = list(case["model"].model.diffusion_model.parameters())
     _run(case, "fast")
     assert all(p.grad is None and not p.requires_grad for p in params)
+
+
+def test_a_batch_is_each_image_inverted_alone(toy):
+    """The batching lever changes nothing but speed: a render and a photo inverted as one batch get, each, the Adam
+    steps, embeddings and x_T of their inversion alone (rows leave the batch at their own early stop)."""
+    model, clip, vae = toy
+    picks = [bi.inputs(False, 64)[k] for k in (0, 2)]
+    srcs = [text.encode(clip, p) for _, _, p in picks]
+    latents = [encode_image(vae, img[..., :3]) for _, img, _ in picks]
+    empty, sigmas = text.encode(clip, ""), replay_schedule(model, "p2p_ddim", STEPS)
+    eps = 5e-3  # a larger early-stop bound than the default, so that the two rows stop at different iterations
+    together = invert_batch(model, torch.cat(latents), srcs, empty, sigmas, method="null_text", guidance_scale=7.5,
+                            num_inner_steps=10, early_stop_epsilon=eps, source_prompts=[p for _, _, p in picks])
+    assert len(together) == 2
+    counts = []
+    for (_, _, prompt), src, lat, inv in zip(picks, srcs, latents, together):
+        alone = invert(model, lat, src, empty, sigmas, method="null_text", guidance_scale=7.5, num_inner_steps=10,
+                       early_stop_epsilon=eps, source_prompt=prompt)
+        assert [len(x) for x in inv.losses] == [len(x) for x in alone.losses]
+        assert inv.source_prompt == prompt and inv.uncond[0].shape == alone.uncond[0].shape
+        diff = max(float((a - b).abs().max()) for a, b in zip(inv.uncond, alone.uncond))
+        assert diff < 1e-3, diff
+        assert torch.allclose(inv.x_T, alone.x_T, atol=1e-4) and torch.equal(inv.latent, lat)
+        counts.append([len(x) for x in inv.losses])
+    # the two rows really stopped at different iterations somewhere (so the shrinking batch was exercised)
+    assert counts[0] != counts[1], counts
+
+
+def test_a_batch_with_the_wrong_number_of_prompts_is_refused(toy):
+    model, clip, vae = toy
+    _, img, prompt = bi.inputs(False, 64)[0]
+    lat = encode_image(vae, img[..., :3]).repeat(2, 1, 1, 1)
+    with pytest.raises(ValueError, match="2 images but 1 source prompts"):
+        invert_batch(model, lat, [text.encode(clip, prompt)], text.encode(clip, ""),
+                     replay_schedule(model, "p2p_ddim", 2), method="ddim")
