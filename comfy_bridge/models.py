@@ -66,6 +66,10 @@ class SD1xConfig:
     vae_ch_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
     vae_res_blocks: int = 1
     latent_channels: int = 4
+    # model family: "sd1" (ComfyUI's SD15 config, CLIP-L tokenizer, epsilon prediction) or "sd2" (ComfyUI's SD20
+    # config, OpenCLIP-H tokenizer and text model, linear transformer projections); prediction "eps" or "v"
+    family: str = "sd1"
+    prediction: str = "eps"
 
     @property
     def context_dim(self) -> int:
@@ -114,7 +118,12 @@ TOYWORLD = SD1xConfig(
     vae_res_blocks=1,
 )
 
-CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD}
+# The SD2.x-architecture test model: ComfyUI's SD20 model config (v-prediction, as SD 2.x 768-v), OpenCLIP-H's
+# tokenizer (pad token 0, not the end token) and SD2 text model class (penultimate layer: 3 layers so it is not
+# the first), otherwise TINY_TEST's sizes.
+TINY_SD2_V = dataclasses.replace(TINY_TEST, name="tiny_sd2_v", family="sd2", prediction="v", clip_layers=3)
+
+CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD, "tiny_sd2_v": TINY_SD2_V}
 
 
 def config_from_any(config: Any) -> SD1xConfig:
@@ -186,8 +195,21 @@ def vae_ddconfig(cfg: SD1xConfig) -> dict:
     }
 
 
-def _tokenizer_class(width: int):
+def _tokenizer_class(width: int, family: str = "sd1"):
     import comfy.sd1_clip
+
+    if family == "sd2":
+        class ToySD2Tokenizer(comfy.sd1_clip.SD1Tokenizer):
+            """The real OpenCLIP-H tokenizer of SD2.x (ComfyUI's SD2ClipHTokenizer settings: pads with token 0, not
+            the end token; embeddings under 'clip_h'), with an embedding size matching a narrow text encoder."""
+
+            def __init__(self, embedding_directory=None, tokenizer_data={}):
+                super().__init__(
+                    embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, clip_name="h",
+                    tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, pad_with_end=False, embedding_size=width,
+                                                embedding_key="clip_h"))
+
+        return ToySD2Tokenizer
 
     class ToySD1Tokenizer(comfy.sd1_clip.SD1Tokenizer):
         """The real SD1 CLIP tokenizer, with an embedding size matching a narrow text encoder."""
@@ -265,9 +287,16 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
     clip_sd = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
     vae_sd = {k[len("vae."):]: v for k, v in sd.items() if k.startswith("vae.")}
 
+    if cfg.family not in ("sd1", "sd2") or cfg.prediction not in ("eps", "v"):
+        raise ValueError(f"unknown model family {cfg.family!r} / prediction {cfg.prediction!r}: use 'sd1' or 'sd2', "
+                         "'eps' or 'v'")
     # ---- UNet
-    model_config = comfy.supported_models.SD15(unet_config_dict(cfg))
-    # SD15's unet_extra_config forces num_heads = 8 over the given config: honour ours
+    if cfg.family == "sd2":
+        unet_cfg = dict(unet_config_dict(cfg), use_linear_in_transformer=True)
+        model_config = comfy.supported_models.SD20(unet_cfg)
+    else:
+        model_config = comfy.supported_models.SD15(unet_config_dict(cfg))
+    # SD15's / SD20's unet_extra_config force their head counts over the given config: honour ours
     model_config.unet_config["num_heads"] = cfg.num_heads
     model_config.unet_config["num_head_channels"] = -1
     load_device = mm.get_torch_device()
@@ -276,7 +305,14 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
         unet_dtype = mm.unet_dtype(model_params=0, supported_dtypes=list(model_config.supported_inference_dtypes))
     manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
-    model = model_config.get_model({}, "", device="cpu")
+    if cfg.prediction == "v":
+        # what ComfyUI's SD20.model_type detects for a v-prediction checkpoint (from its weights' statistics)
+        import comfy.model_base
+
+        model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION,
+                                           device="cpu")
+    else:
+        model = model_config.get_model({}, "", device="cpu")
     if unet_sd:
         missing = [k for k in model.diffusion_model.state_dict() if "diffusion_model." + k not in unet_sd]
         if missing:
@@ -286,9 +322,16 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
         init_weights(model.diffusion_model, seed)
     model_patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
-    # ---- text encoder (real SD1 tokenizer, narrow CLIP)
-    target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width), comfy.sd1_clip.SD1ClipModel)
-    model_options = {"clip_l_model_config": clip_model_config(cfg), "initial_device": mm.text_encoder_offload_device()}
+    # ---- text encoder (the family's real tokenizer, narrow CLIP)
+    if cfg.family == "sd2":
+        import comfy.text_encoders.sd2_clip
+
+        target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width, "sd2"),
+                                                        comfy.text_encoders.sd2_clip.SD2ClipModel)
+    else:
+        target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width), comfy.sd1_clip.SD1ClipModel)
+    model_options = {f"clip_{'h' if cfg.family == 'sd2' else 'l'}_model_config": clip_model_config(cfg),
+                     "initial_device": mm.text_encoder_offload_device()}
     if dtype is not None:
         model_options["dtype"] = dtype
     clip = comfy.sd.CLIP(target, model_options=model_options)
@@ -326,7 +369,8 @@ def count_parameters(model_patcher, clip, vae) -> dict:
     return {
         "unet": n(model_patcher.model.diffusion_model),
         "text_encoder": n(clip.cond_stage_model),
-        "token_embedding": clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding.weight.numel(),
+        "token_embedding": getattr(clip.cond_stage_model, clip.cond_stage_model.clip)
+        .transformer.text_model.embeddings.token_embedding.weight.numel(),
         "vae": n(vae.first_stage_model),
     }
 
@@ -409,16 +453,24 @@ def build_tiny_sdxl_unet(seed: int = 0):
                                             offload_device=mm.unet_offload_device())
 
 
-#: what the pack's nodes run on today, as the refusal message says it
-SUPPORTED_MODELS = ("SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes: a UNet with 768-wide "
-                    "CLIP-L cross-attention)")
+#: the families the pack knows, as the refusal message names them
+FAMILY_NAMES = {
+    "sd1": "SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes: a UNet with 768-wide CLIP-L "
+           "cross-attention)",
+    "sd2": "SD2.x checkpoints (Stable Diffusion 2.0/2.1, 512 epsilon and 768 v-prediction: OpenCLIP-H, 1024-wide "
+           "cross-attention)",
+}
+#: what every node runs on (the nodes that also take SD2.x say so where they call require_supported)
+SUPPORTED_MODELS = FAMILY_NAMES["sd1"]
 
 
 def model_family(model_patcher) -> str:
     """The family of a MODEL as ComfyUI detected it when loading: "sd1" for an SD1.x UNet (ComfyUI's SD15 model
     config: 768-wide cross-attention context in a real checkpoint, narrower in the pack's tiny and ToyWorld models
-    built from the same class), otherwise the name of ComfyUI's model config class ("SDXL",
-    "SD20", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has none."""
+    built from the same class), "sd2" for an SD2.x text-to-image UNet (ComfyUI's SD20 config, epsilon or
+    v-prediction; not its unCLIP or upscaler subclasses), otherwise the name of ComfyUI's model config class
+    ("SDXL", "SD21UnclipH", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has
+    none."""
     import comfy.supported_models
 
     base = getattr(model_patcher, "model", None)
@@ -427,14 +479,31 @@ def model_family(model_patcher) -> str:
         return type(base if base is not None else model_patcher).__name__
     if isinstance(cfg, comfy.supported_models.SD15):
         return "sd1"
+    if type(cfg) is comfy.supported_models.SD20:
+        return "sd2"
     return type(cfg).__name__
 
 
-def require_supported(node: str, model_patcher) -> None:
-    """ValueError naming the node, the MODEL's family and what is supported, for a model the pack cannot edit
-    with (checked before any work starts)."""
+def prediction_type(model_patcher) -> str:
+    """"eps", "v" or the name of ComfyUI's model-sampling class, for messages and inversion records."""
+    ms = model_patcher.get_model_object("model_sampling")
+    names = [c.__name__ for c in type(ms).__mro__]
+    if "V_PREDICTION" in names:
+        return "v"
+    if "EPS" in names:
+        return "eps"
+    return type(ms).__name__
+
+
+def require_supported(node: str, model_patcher, families=("sd1",)) -> None:
+    """ValueError naming the node, the MODEL's family and what the node supports (``families``: keys of
+    FAMILY_NAMES), for a model the node cannot edit with (checked before any work starts)."""
     family = model_family(model_patcher)
-    if family != "sd1":
-        raise ValueError(f"{node}: this MODEL is {family} (as ComfyUI detected it); Attention Edit works with {SUPPORTED_MODELS} in "
-                         "this version (SDXL, SD2.x and MM-DiT models such as Flux and SD3 are not supported yet). "
-                         "Load an SD1.x checkpoint, or the pack's ToyWorld Model Loader to try the workflow")
+    if family not in families:
+        shown = {"sd1": "SD1.x", "sd2": "SD2.x"}.get(family, family)
+        what = " and ".join(FAMILY_NAMES[f] for f in families)
+        later = ", ".join(n for f, n in (("sd2", "SD2.x"), ("sdxl", "SDXL")) if f not in families)
+        raise ValueError(f"{node}: this MODEL is {shown} (as ComfyUI detected it); this node works with {what} in "
+                         f"this version ({later + ' and ' if later else ''}MM-DiT models such as Flux and SD3 are not "
+                         "supported yet). Load a checkpoint of a supported family, or the pack's ToyWorld Model "
+                         "Loader to try the workflow")

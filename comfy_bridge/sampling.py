@@ -67,6 +67,13 @@ class ComfyDenoiser:
         return self.sigmas.device
 
     @property
+    def prediction(self) -> str:
+        """"v" for a v-prediction model (ComfyUI's V_PREDICTION model sampling), else "eps"."""
+        import comfy.model_sampling
+
+        return "v" if isinstance(self.model.model_sampling, comfy.model_sampling.V_PREDICTION) else "eps"
+
+    @property
     def sigma_min(self) -> float:
         return float(self.model.model_sampling.sigma_min)
 

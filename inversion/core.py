@@ -71,6 +71,22 @@ class Inversion:
                              f"is for latent {tuple(latent_shape[-2:])}; invert the image at the size you edit")
 
 
+def v_eps_at_source(eps_b: torch.Tensor, x_a: torch.Tensor, s_a: float, s_b: float) -> torch.Tensor:
+    """The noise a v-prediction model's output means at the *source* level of a DDIM inversion step.
+
+    The model was evaluated on x_a at the target level b (t_b); ComfyUI's denoised output read at b gives
+    eps_b = sqrt(abar_b) v + sqrt(1 - abar_b) x_VP, where x_VP = x_a / sqrt(1 + s_a^2) is x_a in VP form and
+    abar = 1 / (1 + sigma^2). diffusers' DDIMInverseScheduler (prediction_type="v_prediction", its ``step``) turns
+    the same v into the noise with level a's alpha: eps_a = sqrt(abar_a) v + sqrt(1 - abar_a) x_VP; this returns
+    eps_a. (For an epsilon model the output is the noise itself, read the same at either level.) On the tiny SD2.x
+    v model this reconstructs better than reading it at b (tests/test_diffusers_agreement.py prints both).
+    x_a, eps_b: [B, C, H, W]; s_a, s_b: the VE sigmas of the two levels (s_b > 0)."""
+    ab_a, ab_b = 1.0 / (1.0 + s_a ** 2), 1.0 / (1.0 + s_b ** 2)
+    x_vp = x_a * ab_a ** 0.5
+    v = (eps_b - (1.0 - ab_b) ** 0.5 * x_vp) / ab_b ** 0.5
+    return ab_a ** 0.5 * v + (1.0 - ab_a) ** 0.5 * x_vp
+
+
 def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, cond_emb: torch.Tensor,
                         progress: Optional[Callable[[int, int], None]] = None) -> list:
     """DDIM inversion with the conditional embedding only (guidance 1), stepping like the reference.
@@ -78,7 +94,9 @@ def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, c
     x0: [B, C, H, W] clean latents (processed scale); cond_emb: [B, T, D] or [1, T, D]; sigmas: [N + 1]
     descending replay schedule.
     Returns the trajectory [x at sigmas[N], x at sigmas[N-1], ..., x at sigmas[0]] (N + 1 tensors); the last
-    is x_T. As in the reference (null_text_w_ptp.ipynb ``next_step``; diffusers ``DDIMInverseScheduler``), the
+    is x_T. For a v-prediction model the noise is read at level a from the model's v (:func:`v_eps_at_source`,
+    as diffusers' DDIMInverseScheduler with prediction_type="v_prediction"). As in the reference
+    (null_text_w_ptp.ipynb ``next_step``; diffusers ``DDIMInverseScheduler``), the
     step from level a to the next level b uses the noise predicted for the *current* sample at the *target*
     timestep, eps(x_a, t_b); in ComfyUI's VE form the model input is rescaled so that its VP input is x_a's:
     x_in = x_a * sqrt((1 + s_b^2) / (1 + s_a^2)). Then x_b = x_a + eps * (s_b - s_a). Level 0 (the clean latent)
@@ -94,6 +112,8 @@ def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, c
         x_in = x * ((1.0 + s_b ** 2) / (1.0 + s_a ** 2)) ** 0.5
         c, _ = den.denoise(x_in, s_b, cond_emb, None)
         eps = (x_in - c) / s_b
+        if getattr(den, "prediction", "eps") == "v":
+            eps = v_eps_at_source(eps, x, s_a, s_b)
         x = x + eps * (s_b - s_a)
         xs.append(x)
         if progress:

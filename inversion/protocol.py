@@ -26,6 +26,9 @@ class Denoiser(Protocol):
     ``check_interrupt()`` raises the host's interrupt exception when the user stopped the run."""
 
     sigma_min: float
+    #: what the model predicts: "eps" (noise) or "v" (velocity, SD 2.x 768-v); the loops work on denoised
+    #: estimates either way, and DDIM inversion reads v's noise as diffusers' DDIMInverseScheduler does
+    prediction: str = "eps"
 
     @property
     def device(self) -> torch.device: ...

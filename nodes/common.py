@@ -53,12 +53,16 @@ def token_strings(clip, prompt: str) -> list:
     return align.token_labels(clip.tokenizer, prompt)
 
 
-def supported(node: str, model) -> None:
-    """ValueError naming the node, the MODEL's family and what is supported (comfy_bridge.models.require_supported),
-    before any work starts."""
+#: the model families of the nodes that work on SD2.x too (epsilon and v-prediction): inversion and the P2P sampler
+SD1_SD2 = ("sd1", "sd2")
+
+
+def supported(node: str, model, families=("sd1",)) -> None:
+    """ValueError naming the node, the MODEL's family and what the node supports (comfy_bridge.models
+    .require_supported), before any work starts."""
     from ..comfy_bridge.models import require_supported
 
-    require_supported(node, model)
+    require_supported(node, model, families)
 
 
 def finite(node: str, **values) -> None:

@@ -11,7 +11,8 @@ from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
 from ..inversion.core import METHODS, NULL_TEXT_MODES
-from .common import CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples, supported
+from .common import (SD1_SD2, CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples,
+                     supported)
 
 
 class AE_InvertImage(io.ComfyNode):
@@ -27,7 +28,7 @@ class AE_InvertImage(io.ComfyNode):
                 "given CFG scale reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast "
                 "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x-style UNet)."),
+                io.Model.Input("model", tooltip="The diffusion model (an SD1.x or SD2.x checkpoint; SD2.x v-prediction too)."),
                 io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode (one image)."),
                 io.String.Input("source_prompt", multiline=True, default="a photo of a cat",
@@ -73,7 +74,7 @@ class AE_InvertImage(io.ComfyNode):
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
                 early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
         finite("Invert Image", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
-        supported("Invert Image", model)
+        supported("Invert Image", model, SD1_SD2)
         x = latent_samples(latent)
         inv = invert_image(model, clip, x, source_prompt, method=method, steps=steps, cfg=cfg, scheduler=scheduler,
                            num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
@@ -141,7 +142,7 @@ class AE_InvertImageBatch(io.ComfyNode):
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
                 early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
         finite("Invert Images (Batch)", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
-        supported("Invert Images (Batch)", model)
+        supported("Invert Images (Batch)", model, SD1_SD2)
         x = latent_samples(latent)
         prompts = batch_prompts(source_prompt, x.shape[0])
         invs = invert_images(model, clip, x, prompts, method=method, steps=steps, cfg=cfg, scheduler=scheduler,

@@ -1,6 +1,8 @@
 """The pack's DDIM inversion and CFG DDIM replay agree with diffusers, given identical (tiny) UNet weights.
 
-Setup: the tiny SD1.x model of ``build_sd1x(TINY_TEST, seed=0)``; its UNet weights are converted to
+Setup, per family: the tiny SD1.x model of ``build_sd1x(TINY_TEST, seed=0)`` and the tiny SD2.x v-prediction model
+``build_sd1x(TINY_SD2_V, seed=0)`` (ComfyUI's SD20 config, OpenCLIP-H tokenizer, linear transformer projections;
+diffusers' schedulers then run with prediction_type="v_prediction" on the UNet's raw v output); its UNet weights are converted to
 ``diffusers.UNet2DConditionModel`` (testing/diffusers_bridge.py, diffusers' own ldm converter). Text embeddings
 come from the tiny CLIP (one tensor used by both sides); the image is a real photo (skimage ``chelsea``, 64x64)
 encoded by the tiny VAE.
@@ -49,36 +51,39 @@ TOL = 1e-3
 PROMPT = "a photo of a cat"
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v"], ids=["sd1", "sd2_v"])
+def setup(request):
     # One intra-op thread: the UNet is tiny (8x8 latents), and on a busy 2-core machine torch's thread pool
     # makes every call 10-100x slower. Restored afterwards.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield _setup()
+        yield _setup(request.param)
     finally:
         torch.set_num_threads(threads)
 
 
-def _setup():
+def _setup(config):
     torch.manual_seed(0)
     t0 = time.time()
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x, prediction_type
     from attention_edit.headless.photos import photo
 
-    mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
+    cfg = CONFIGS[config]
+    mp, clip, vae = build_sd1x(cfg, seed=0)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    image = photo("cat", TINY_TEST.image_size)  # [1, 64, 64, 3] in [0, 1]
+    image = photo("cat", cfg.image_size)  # [1, 64, 64, 3] in [0, 1]
     with torch.no_grad():
         latent = vae.encode(image[:, :, :, :3]).float()  # [1, 4, 8, 8], ComfyUI LATENT scale
     unet = B.to_diffusers_unet(mp)
-    fwd, inv = B.make_schedulers(STEPS, steps_offset=1)
+    assert unet.ae_prediction_type == {"eps": "epsilon", "v": "v_prediction"}[cfg.prediction] == \
+        {"eps": "epsilon", "v": "v_prediction"}[prediction_type(mp)]
+    fwd, inv = B.make_schedulers(STEPS, steps_offset=1, prediction_type=unet.ae_prediction_type)
     sigmas = B.sigmas_from_scheduler(fwd)
     print(f"\n[diffusers agreement] setup {time.time() - t0:.1f}s; timesteps {fwd.timesteps.tolist()}; "
           f"sigmas {[round(float(s), 4) for s in sigmas]}")
-    return dict(mp=mp, cond=cond, empty=empty, latent=latent, unet=unet, fwd=fwd, inv=inv, sigmas=sigmas,
+    return dict(cfg=cfg, mp=mp, cond=cond, empty=empty, latent=latent, unet=unet, fwd=fwd, inv=inv, sigmas=sigmas,
                 cond_emb=cond[0][0].float(), empty_emb=empty[0][0].float())
 
 
@@ -154,8 +159,17 @@ def test_ddim_inversion_agrees(setup, inversion):
           f"    pack vs the other discretisation eps(x_a, t_a):           max |diff| = {source_vs_ours:.3e}\n"
           f"    DDIMInverseScheduler vs explicit eps(x_a, t_b) loop:      max |diff| = {sched_vs_target:.3e}\n"
           f"    pack vs same convention started from z*0.18215 (VP):     max |diff| = {naive_vs_ours:.3e}")
-    assert sched_vs_target < 1e-5, f"explicit next_step loop != DDIMInverseScheduler ({sched_vs_target:.3e})"
     assert diff < TOL, f"DDIM inversion: pack vs diffusers max |x_T difference| = {diff:.3e} >= {TOL}"
+    if s["unet"].ae_prediction_type == "epsilon":
+        assert sched_vs_target < 1e-5, f"explicit next_step loop != DDIMInverseScheduler ({sched_vs_target:.3e})"
+        return
+    # v-prediction: diffusers' DDIMInverseScheduler turns v(x_a, t_b) into the noise with the alpha of the source
+    # level a (the pack does the same: inversion.core.v_eps_at_source); the explicit loop above converts at t_b.
+    # Both replayed with diffusers' own DDIMScheduler (guidance 1, the same UNet), for the record.
+    rec = {name: B.cfg_ddim_sample(s["unet"], s["fwd"], xT, s["cond_emb"], s["cond_emb"], 1.0)
+           for name, xT in (("pack = DDIMInverseScheduler", ours), ("v read at t_b", target))}
+    err = {k: float((v - x0_vp).pow(2).mean()) for k, v in rec.items()}
+    print(f"    v-prediction: reconstruction MSE after diffusers' DDIMScheduler replay: {err}")
 
 
 def test_cfg_replay_agrees(setup, inversion):
@@ -181,7 +195,6 @@ def test_cfg_replay_agrees(setup, inversion):
 
 
 def test_unet_head_count_follows_config(setup):
-    from attention_edit.comfy_bridge.models import TINY_TEST
-
+    cfg = setup["cfg"]
     heads = B.diffusers_unet_config(setup["mp"])["attention_head_dim"]
-    assert set(heads) == {TINY_TEST.num_heads}, f"UNet heads per level {heads}, config says {TINY_TEST.num_heads}"
+    assert set(heads) == {cfg.num_heads}, f"UNet heads per level {heads}, config says {cfg.num_heads}"

@@ -3,7 +3,10 @@ import pytest
 import torch
 
 RANDOM = "random (untrained test model)"
+RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
 SOURCE = "a photo of a cat"
+#: the model families the inversion / P2P nodes run on, as tiny models from the loader node
+FAMILIES = pytest.mark.parametrize("weights", [RANDOM, RANDOM_SD2_V], ids=["sd1", "sd2_v"])
 
 
 @pytest.fixture(scope="module")
@@ -13,9 +16,9 @@ def image_name(comfy):
     return save_input_photo("cat", 64)
 
 
-def base_graph(image_name, method="ddim", steps=4, scheduler="p2p_ddim"):
+def base_graph(image_name, method="ddim", steps=4, scheduler="p2p_ddim", weights=RANDOM):
     return {
-        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": RANDOM, "seed": 0}},
+        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": weights, "seed": 0}},
         "2": {"class_type": "LoadImage", "inputs": {"image": image_name}},
         "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
         "4": {"class_type": "AE_InvertImage", "inputs": {
@@ -25,9 +28,11 @@ def base_graph(image_name, method="ddim", steps=4, scheduler="p2p_ddim"):
     }
 
 
-def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, image_name):
-    """Feature off: the reconstruction equals core SamplerCustom (euler = DDIM) from the same x_T, bit for bit."""
-    g = base_graph(image_name, scheduler="normal")
+@FAMILIES
+def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, image_name, weights):
+    """Feature off: the reconstruction equals core SamplerCustom (euler = DDIM) from the same x_T, bit for bit (SD1.x
+    and SD2.x v-prediction)."""
+    g = base_graph(image_name, scheduler="normal", weights=weights)
     g.update({
         "5": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0]}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": SOURCE}},
@@ -45,8 +50,10 @@ def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, ima
     assert torch.equal(ours, core)
 
 
-def test_save_and_load_inversion_round_trip(comfy, image_name):
-    g = base_graph(image_name, method="null_text", steps=3)
+@FAMILIES
+def test_save_and_load_inversion_round_trip(comfy, image_name, weights):
+    """Null-text inversion, a word swap, save and load (SD1.x and SD2.x v-prediction)."""
+    g = base_graph(image_name, method="null_text", steps=3, weights=weights)
     g.update({
         "5": {"class_type": "AE_SaveInversion", "inputs": {"inversion": ["4", 0], "filename_prefix": "cat"}},
         "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
@@ -69,8 +76,9 @@ def test_save_and_load_inversion_round_trip(comfy, image_name):
     assert all(torch.equal(a, b) for a, b in zip(inv_a.uncond, inv_b.uncond))
 
 
-def test_preview_node_makes_a_labelled_grid(comfy, image_name):
-    g = base_graph(image_name)
+@FAMILIES
+def test_preview_node_makes_a_labelled_grid(comfy, image_name, weights):
+    g = base_graph(image_name, weights=weights)
     g.update({
         "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
                                                      "cross_replace_steps": "0.8", "self_replace_steps": "0.4",

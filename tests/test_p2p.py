@@ -1,4 +1,5 @@
-"""Prompt-to-Prompt editing of a real photo on a tiny SD1.x model built from ComfyUI's own classes.
+"""Prompt-to-Prompt editing of a real photo on tiny models built from ComfyUI's own classes, one per supported
+family: SD1.x (TINY_TEST) and SD2.x v-prediction (TINY_SD2_V: ComfyUI's SD20 config, OpenCLIP-H tokenizer).
 
 Runs ComfyUI's real sampler machinery in-process (CFGGuider, calc_cond_batch, the attention patch points);
 the node-level and HTTP tests live in test_nodes.py / test_workflows.py.
@@ -12,7 +13,7 @@ import comfy.samplers
 
 from attention_edit.attention.recipe import EditSpec, LocalBlendSpec, build_controller
 from attention_edit.comfy_bridge.sampling import invert
-from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
 from attention_edit.comfy_bridge.sampling import edit
 from attention_edit.comfy_bridge.sampling import replay_schedule
 
@@ -20,9 +21,9 @@ STEPS = 6
 SOURCE = "a photo of a cat"
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    m, clip, vae = build_sd1x(TINY_TEST, seed=0)
+@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v"], ids=["sd1", "sd2_v"])
+def tiny(request):
+    m, clip, vae = build_sd1x(CONFIGS[request.param], seed=0)
     return m, clip, vae
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "ve_to_vp",
     "vp_to_ve",
     "eps_diffusers",
+    "model_output",
     "ddim_inversion_explicit",
     "ddim_inversion_scheduler",
     "cfg_ddim_sample",
@@ -57,8 +58,6 @@ def diffusers_unet_config(model_patcher) -> dict:
     historically misnamed ``attention_head_dim`` argument.
     """
     uc = dict(model_patcher.model.model_config.unet_config)
-    if uc.get("use_linear_in_transformer"):
-        raise NotImplementedError("linear proj_in/proj_out (SD2.x layout) is not handled here")
     if uc.get("adm_in_channels") is not None:
         raise NotImplementedError("class-conditioned (ADM) UNets are not handled here")
     mc = int(uc["model_channels"])
@@ -93,7 +92,7 @@ def diffusers_unet_config(model_patcher) -> dict:
         norm_num_groups=32,  # ldm GroupNorm32
         flip_sin_to_cos=True,
         freq_shift=0,
-        use_linear_projection=False,
+        use_linear_projection=bool(uc.get("use_linear_in_transformer")),  # SD2.x: linear proj_in / proj_out
     )
 
 
@@ -119,28 +118,50 @@ def to_diffusers_unet(model_patcher, dtype: torch.dtype = torch.float32):
     unet.load_state_dict(converted, strict=True)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
+    from attention_edit.comfy_bridge.models import prediction_type
+
+    # what the UNet's output is, in diffusers' scheduler terms (ComfyUI's model_sampling says it)
+    unet.ae_prediction_type = "v_prediction" if prediction_type(model_patcher) == "v" else "epsilon"
     return unet.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def eps_diffusers(unet, x_vp: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
-    """diffusers' noise prediction eps(x_VP, t, emb); x_vp [B, C, H, W], emb [B or 1, 77, D]."""
+def model_output(unet, x_vp: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+    """diffusers' raw UNet output at (x_VP, t, emb): eps for an epsilon model, v for a v-prediction one."""
     if emb.shape[0] != x_vp.shape[0]:
         emb = emb.expand(x_vp.shape[0], *emb.shape[1:])
     return unet(x_vp, int(t), encoder_hidden_states=emb).sample
+
+
+@torch.no_grad()
+def eps_diffusers(unet, x_vp: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+    """diffusers' noise prediction eps(x_VP, t, emb); x_vp [B, C, H, W], emb [B or 1, 77, D]. For a v-prediction
+    UNet eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_VP (Salimans & Ho 2022; diffusers DDIMScheduler)."""
+    out = model_output(unet, x_vp, t, emb)
+    if getattr(unet, "ae_prediction_type", "epsilon") == "v_prediction":
+        a = float(_alphas_cumprod()[int(t)])
+        out = a ** 0.5 * out + (1.0 - a) ** 0.5 * x_vp
+    return out
+
+
+def _alphas_cumprod() -> torch.Tensor:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SD_SCHEDULE).alphas_cumprod
 
 
 # ----------------------------------------------------------------------------------------------------------
 # schedules
 # ----------------------------------------------------------------------------------------------------------
 
-def make_schedulers(steps: int, steps_offset: int = 1):
-    """(DDIMScheduler, DDIMInverseScheduler) for SD1.x (clip_sample=False, set_alpha_to_one=False, 'leading'
-    spacing, as the prompt-to-prompt notebooks and StableDiffusionPipeline use), with ``set_timesteps(steps)``."""
+def make_schedulers(steps: int, steps_offset: int = 1, prediction_type: str = "epsilon"):
+    """(DDIMScheduler, DDIMInverseScheduler) for SD1.x / SD2.x (clip_sample=False, set_alpha_to_one=False, 'leading'
+    spacing, as the prompt-to-prompt notebooks and StableDiffusionPipeline use), with ``set_timesteps(steps)``;
+    ``prediction_type`` "epsilon" or "v_prediction" (SD 2.x 768-v)."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     kw = dict(SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset,
-              timestep_spacing="leading")
+              timestep_spacing="leading", prediction_type=prediction_type)
     fwd, inv = DDIMScheduler(**kw), DDIMInverseScheduler(**kw)
     fwd.set_timesteps(steps)
     inv.set_timesteps(steps)
@@ -224,7 +245,7 @@ def ddim_inversion_scheduler(unet, inverse_scheduler, x0_vp: torch.Tensor, emb: 
     for t in timesteps (ascending): x = step(eps(x, t), t, x)."""
     x = x0_vp
     for t in inverse_scheduler.timesteps:
-        x = inverse_scheduler.step(eps_diffusers(unet, x, int(t), emb), t, x).prev_sample
+        x = inverse_scheduler.step(model_output(unet, x, int(t), emb), t, x).prev_sample
     return x
 
 
@@ -232,8 +253,9 @@ def ddim_inversion_scheduler(unet, inverse_scheduler, x0_vp: torch.Tensor, emb: 
 def cfg_ddim_sample(unet, scheduler, x_T_vp: torch.Tensor, cond: torch.Tensor, uncond: Sequence[torch.Tensor] | torch.Tensor,
                     guidance_scale: float) -> torch.Tensor:
     """DDIMScheduler.step loop with classifier-free guidance, eps = eps_u + s (eps_c - eps_u), the conditional
-    and unconditional rows in one UNet batch (as StableDiffusionPipeline). ``uncond``: one embedding, or one
-    per step. Returns the final VP sample (at final_alpha_cumprod)."""
+    and unconditional rows in one UNet batch (as StableDiffusionPipeline; on v outputs for a v-prediction UNet, as
+    there, the same guidance since eps is affine in v). ``uncond``: one embedding, or one per step. Returns the
+    final VP sample (at final_alpha_cumprod)."""
     x = x_T_vp
     for i, t in enumerate(scheduler.timesteps):
         u = uncond[i] if isinstance(uncond, (list, tuple)) else uncond
