@@ -6,7 +6,8 @@ from comfy_api.latest import io, ui
 from ..attention import align
 from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
 from ..comfy_bridge import sampling as bridge_sampling
-from .common import (SD1_SD2, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress, check_finite_latent,
+from .common import (SD1_SD2, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
+                     check_finite_latent,
                      encode, finite, latent_samples, supported, token_strings)
 
 

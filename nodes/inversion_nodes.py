@@ -28,7 +28,8 @@ class AE_InvertImage(io.ComfyNode):
                 "given CFG scale reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast "
                 "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (an SD1.x or SD2.x checkpoint; SD2.x v-prediction too)."),
+                io.Model.Input("model", tooltip="The diffusion model (an SD1.x or SD2.x checkpoint, epsilon or "
+                                                "v-prediction)."),
                 io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode (one image)."),
                 io.String.Input("source_prompt", multiline=True, default="a photo of a cat",

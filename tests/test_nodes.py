@@ -162,3 +162,19 @@ def test_invert_images_batch_node_refuses_a_prompt_count_that_does_not_match(com
                                                               "source_prompt": "a\nb\nc"}}
     with pytest.raises(comfy.WorkflowExecutionError, match="3 lines but the latent batch has 2 photos"):
         comfy.run_workflow(g, outputs=["13"])
+
+
+def test_sd2_model_is_taken_by_the_edit_nodes_and_refused_by_the_sd1_only_ones(comfy):
+    """The per-node family check: an SD2.x v-prediction MODEL passes the inversion / P2P check and is refused, with
+    its family and what is supported named, by a node that is SD1.x-only in this version (training, Imagic)."""
+    from attention_edit.comfy_bridge.models import model_family, prediction_type, require_supported
+    from attention_edit.nodes.common import SD1_SD2
+    from attention_edit.nodes.toyworld_nodes import load_toyworld
+
+    sd2, _, _ = load_toyworld(RANDOM_SD2_V)
+    assert (model_family(sd2), prediction_type(sd2)) == ("sd2", "v")
+    require_supported("Invert Image", sd2, SD1_SD2)
+    with pytest.raises(ValueError) as e:
+        require_supported("Train Custom Diffusion", sd2)
+    msg = str(e.value)
+    assert msg.startswith("Train Custom Diffusion: this MODEL is SD2.x") and "SD1.x checkpoints" in msg, msg
