@@ -155,11 +155,39 @@ def _comfy_ids(ctok: Any, hf: Any, text: str) -> list[int]:
     """Token ids of ``text`` as ComfyUI's conditioning holds them, without BOS/EOS/padding; embedding vectors
     become pseudo ids."""
     out = ctok.tokenize_with_weights(text)
-    batches = next(iter(out.values())) if isinstance(out, dict) else out
+    if not isinstance(out, dict):
+        return _batch_ids(out, hf, getattr(ctok, "embedding_size", None))
+    per_encoder = {key: _batch_ids(batches, hf, _embedding_size(ctok, key)) for key, batches in out.items()}
+    first_key = next(iter(per_encoder))
+    first = per_encoder[first_key]
+    for key, ids in per_encoder.items():
+        # SDXL: CLIP-L and bigG share the BPE vocabulary, so the same prompt must put the same token at every
+        # position in both; only an embedding that one encoder knows and the other does not can break that
+        if [i if i < 1_000_000 else -1 for i in ids] != [i if i < 1_000_000 else -1 for i in first]:
+            raise ValueError(
+                f"{text!r} gives {len(first)} tokens for text encoder clip_{first_key} but {len(ids)} for clip_{key}, "
+                "so their attention maps cannot be aligned: an embedding in it exists for only one of the encoders "
+                "(an SD1.x embedding has no clip_g vectors: ComfyUI's bigG encoder ignores its 768-wide vectors and "
+                "every later word moves). Use an SDXL embedding (with clip_l and clip_g tensors) or remove it from "
+                "the prompt")
+    return first
+
+
+def _embedding_size(ctok: Any, key: str):
+    """Width of the token embeddings of encoder ``key`` ("l", "g", "h") of a ComfyUI tokenizer, or None."""
+    sub = getattr(ctok, f"clip_{key}", None)
+    return getattr(sub, "embedding_size", None)
+
+
+def _batch_ids(batches, hf, width=None) -> list[int]:
+    """Ids of one encoder's token batches; an embedding vector of another width than the encoder's (``width``) is
+    left out, as ComfyUI's text encoder leaves it out of the conditioning ("shape mismatch ... ignored")."""
     ids: list[int] = []
     for batch in batches:  # a prompt over 75 tokens is split into several 77-token batches
         for k, (t, *_rest) in enumerate(batch):
             if hasattr(t, "shape"):
+                if width is not None and int(t.shape[-1]) != int(width):
+                    continue
                 ids.append(_pseudo_id(t))
             elif k == 0 and int(t) == hf.bos_token_id:
                 continue

@@ -24,7 +24,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -38,7 +38,7 @@ __all__ = [
     "load_weights",
     "config_from_any",
     "count_parameters",
-    "build_tiny_sdxl_unet",
+    "build_tiny_flux_model",
     "SUPPORTED_MODELS",
     "model_family",
     "require_supported",
@@ -66,14 +66,34 @@ class SD1xConfig:
     vae_ch_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
     vae_res_blocks: int = 1
     latent_channels: int = 4
-    # model family: "sd1" (ComfyUI's SD15 config, CLIP-L tokenizer, epsilon prediction) or "sd2" (ComfyUI's SD20
-    # config, OpenCLIP-H tokenizer and text model, linear transformer projections); prediction "eps" or "v"
+    # model family: "sd1" (ComfyUI's SD15 config, CLIP-L tokenizer, epsilon prediction), "sd2" (ComfyUI's SD20
+    # config, OpenCLIP-H tokenizer and text model, linear transformer projections) or "sdxl" (ComfyUI's SDXL config
+    # and SDXLClipModel: CLIP-L (clip_* fields) and OpenCLIP-bigG (clip_g_* fields) side by side, the pooled bigG
+    # output and the size / crop embeddings as the ADM input); prediction "eps" or "v"
     family: str = "sd1"
     prediction: str = "eps"
+    # SDXL's second text encoder (OpenCLIP bigG); unused by the other families
+    clip_g_width: int = 0
+    clip_g_layers: int = 0
+    clip_g_heads: int = 0
+    clip_g_intermediate: int = 0
+    clip_g_projection: int = 0
+    # transformer blocks per level (SDXL: [0, 2, 10]); None -> 1 where attention_levels says so
+    transformer_depth: Any = None
 
     @property
     def context_dim(self) -> int:
-        return self.clip_width
+        return self.clip_width + (self.clip_g_width if self.family == "sdxl" else 0)
+
+    @property
+    def adm_channels(self) -> Optional[int]:
+        """SDXL's ADM input: the pooled bigG projection + 6 size / crop embeddings of 256 (2816 in SDXL)."""
+        return self.clip_g_projection + 6 * 256 if self.family == "sdxl" else None
+
+    def depths(self) -> list:
+        if self.transformer_depth is not None:
+            return [int(d) for d in self.transformer_depth]
+        return [1 if a else 0 for a in self.attention_levels]
 
     @property
     def vae_downscale(self) -> int:
@@ -123,7 +143,16 @@ TOYWORLD = SD1xConfig(
 # the first), otherwise TINY_TEST's sizes.
 TINY_SD2_V = dataclasses.replace(TINY_TEST, name="tiny_sd2_v", family="sd2", prediction="v", clip_layers=3)
 
-CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD, "tiny_sd2_v": TINY_SD2_V}
+# The SDXL-architecture test model: ComfyUI's SDXL config and UNet class (linear projections, ADM input of the
+# pooled text + size / crop embeddings, no attention at full latent resolution, transformer depth 0 / 1 / 2 like
+# SDXL's 0 / 2 / 10), SDXLClipModel with narrow CLIP-L and bigG (the real tokenizers), 128x128 images -> 16x16
+# latents (attention at 8x8 and 4x4: 1/2 and 1/4 of the latent, as SDXL's 64x64 and 32x32 at 1024px).
+TINY_SDXL = dataclasses.replace(
+    TINY_TEST, name="tiny_sdxl", family="sdxl", image_size=128, channel_mult=[1, 2, 2],
+    attention_levels=[False, True, True], transformer_depth=[0, 1, 2], transformer_depth_middle=2, clip_layers=3,
+    clip_g_width=64, clip_g_layers=3, clip_g_heads=2, clip_g_intermediate=128, clip_g_projection=64)
+
+CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD, "tiny_sd2_v": TINY_SD2_V, "tiny_sdxl": TINY_SDXL}
 
 
 def config_from_any(config: Any) -> SD1xConfig:
@@ -147,22 +176,23 @@ def config_from_any(config: Any) -> SD1xConfig:
 
 def unet_config_dict(cfg: SD1xConfig) -> dict:
     levels = len(cfg.channel_mult)
-    att = [1 if a else 0 for a in cfg.attention_levels]
-    assert len(att) == levels, "attention_levels needs one entry per channel_mult level"
+    att = cfg.depths()
+    assert len(att) == levels, "attention_levels / transformer_depth need one entry per channel_mult level"
     return {
         "use_checkpoint": False,
         "image_size": cfg.image_size // cfg.vae_downscale,
         "out_channels": cfg.latent_channels,
         "use_spatial_transformer": True,
         "legacy": False,
-        "adm_in_channels": None,
+        "adm_in_channels": cfg.adm_channels,
+        **({"num_classes": "sequential"} if cfg.family == "sdxl" else {}),
         "in_channels": cfg.latent_channels,
         "model_channels": cfg.model_channels,
         "num_res_blocks": [cfg.num_res_blocks] * levels,
         "transformer_depth": [a for a in att for _ in range(cfg.num_res_blocks)],
         "channel_mult": list(cfg.channel_mult),
         "transformer_depth_middle": cfg.transformer_depth_middle,
-        "use_linear_in_transformer": False,
+        "use_linear_in_transformer": cfg.family in ("sd2", "sdxl"),
         "context_dim": cfg.context_dim,
         "transformer_depth_output": [a for a in att for _ in range(cfg.num_res_blocks + 1)],
         "use_temporal_attention": False,
@@ -170,7 +200,12 @@ def unet_config_dict(cfg: SD1xConfig) -> dict:
     }
 
 
-def clip_model_config(cfg: SD1xConfig) -> dict:
+def clip_model_config(cfg: SD1xConfig, encoder: str = "l") -> dict:
+    """The text-model config overrides of one encoder ("l": the clip_* fields, "g": SDXL's clip_g_* fields)."""
+    if encoder == "g":
+        return {"hidden_size": cfg.clip_g_width, "intermediate_size": cfg.clip_g_intermediate,
+                "num_attention_heads": cfg.clip_g_heads, "num_hidden_layers": cfg.clip_g_layers,
+                "projection_dim": cfg.clip_g_projection}
     return {
         "hidden_size": cfg.clip_width,
         "intermediate_size": cfg.clip_intermediate,
@@ -195,8 +230,25 @@ def vae_ddconfig(cfg: SD1xConfig) -> dict:
     }
 
 
-def _tokenizer_class(width: int, family: str = "sd1"):
+def _tokenizer_class(width: int, family: str = "sd1", g_width: int = 0):
     import comfy.sd1_clip
+
+    if family == "sdxl":
+        import comfy.sdxl_clip
+
+        class ToySDXLTokenizer(comfy.sdxl_clip.SDXLTokenizer):
+            """ComfyUI's SDXL tokenizer (the real CLIP-L and bigG tokenizers, bigG padding with token 0), with
+            embedding sizes matching narrow text encoders."""
+
+            def __init__(self, embedding_directory=None, tokenizer_data={}):
+                super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data)
+                self.clip_l = comfy.sd1_clip.SDTokenizer(embedding_directory=embedding_directory,
+                                                         tokenizer_data=tokenizer_data, embedding_size=width)
+                self.clip_g = comfy.sd1_clip.SDTokenizer(
+                    embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, pad_with_end=False,
+                    embedding_size=g_width, embedding_key="clip_g")
+
+        return ToySDXLTokenizer
 
     if family == "sd2":
         class ToySD2Tokenizer(comfy.sd1_clip.SD1Tokenizer):
@@ -287,13 +339,14 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
     clip_sd = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
     vae_sd = {k[len("vae."):]: v for k, v in sd.items() if k.startswith("vae.")}
 
-    if cfg.family not in ("sd1", "sd2") or cfg.prediction not in ("eps", "v"):
-        raise ValueError(f"unknown model family {cfg.family!r} / prediction {cfg.prediction!r}: use 'sd1' or 'sd2', "
-                         "'eps' or 'v'")
+    if cfg.family not in ("sd1", "sd2", "sdxl") or cfg.prediction not in ("eps", "v"):
+        raise ValueError(f"unknown model family {cfg.family!r} / prediction {cfg.prediction!r}: use 'sd1', 'sd2' or "
+                         "'sdxl', 'eps' or 'v'")
     # ---- UNet
     if cfg.family == "sd2":
-        unet_cfg = dict(unet_config_dict(cfg), use_linear_in_transformer=True)
-        model_config = comfy.supported_models.SD20(unet_cfg)
+        model_config = comfy.supported_models.SD20(unet_config_dict(cfg))
+    elif cfg.family == "sdxl":
+        model_config = comfy.supported_models.SDXL(unet_config_dict(cfg))
     else:
         model_config = comfy.supported_models.SD15(unet_config_dict(cfg))
     # SD15's / SD20's unet_extra_config force their head counts over the given config: honour ours
@@ -309,8 +362,8 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
         # what ComfyUI's SD20.model_type detects for a v-prediction checkpoint (from its weights' statistics)
         import comfy.model_base
 
-        model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION,
-                                           device="cpu")
+        cls = comfy.model_base.SDXL if cfg.family == "sdxl" else comfy.model_base.BaseModel
+        model = cls(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu")
     else:
         model = model_config.get_model({}, "", device="cpu")
     if unet_sd:
@@ -328,10 +381,17 @@ def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: tor
 
         target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width, "sd2"),
                                                         comfy.text_encoders.sd2_clip.SD2ClipModel)
+    elif cfg.family == "sdxl":
+        import comfy.sdxl_clip
+
+        target = comfy.supported_models_base.ClipTarget(
+            _tokenizer_class(cfg.clip_width, "sdxl", cfg.clip_g_width), comfy.sdxl_clip.SDXLClipModel)
     else:
         target = comfy.supported_models_base.ClipTarget(_tokenizer_class(cfg.clip_width), comfy.sd1_clip.SD1ClipModel)
     model_options = {f"clip_{'h' if cfg.family == 'sd2' else 'l'}_model_config": clip_model_config(cfg),
                      "initial_device": mm.text_encoder_offload_device()}
+    if cfg.family == "sdxl":
+        model_options["clip_g_model_config"] = clip_model_config(cfg, "g")
     if dtype is not None:
         model_options["dtype"] = dtype
     clip = comfy.sd.CLIP(target, model_options=model_options)
@@ -369,8 +429,9 @@ def count_parameters(model_patcher, clip, vae) -> dict:
     return {
         "unet": n(model_patcher.model.diffusion_model),
         "text_encoder": n(clip.cond_stage_model),
-        "token_embedding": getattr(clip.cond_stage_model, clip.cond_stage_model.clip)
-        .transformer.text_model.embeddings.token_embedding.weight.numel(),
+        "token_embedding": sum(
+            getattr(clip.cond_stage_model, name).transformer.text_model.embeddings.token_embedding.weight.numel()
+            for name in ("clip_l", "clip_g", "clip_h") if hasattr(clip.cond_stage_model, name)),
         "vae": n(vae.first_stage_model),
     }
 
@@ -431,21 +492,24 @@ def load_weights(path, dtype: torch.dtype | None = None):
     return build_sd1x(cfg, state_dict=sd, dtype=dtype)
 
 
-def build_tiny_sdxl_unet(seed: int = 0):
-    """A tiny SDXL-architecture MODEL (ComfyUI's SDXL model config and UNet class: 2048-wide context, the 2816-wide
-    ADM input of the pooled text and size/crop embeddings, transformer depth 0/1 on two levels; 32 channels;
-    seeded random weights), for tests on the CPU. Returns the ModelPatcher only (no text encoder or VAE yet)."""
+def build_tiny_flux_model(seed: int = 0):
+    """A tiny Flux.1-dev-architecture MODEL (ComfyUI's Flux model config and its comfy/ldm/flux transformer: double-
+    and single-stream blocks, guidance embedding, 16-channel latents in 2x2 patches; hidden size 64, 2 heads, one
+    block of each kind; seeded random weights), for tests on the CPU. Returns the ModelPatcher only (no text
+    encoder or VAE). The Flux parameters of the host's version are filled in (0.33 added ``txt_ids_dims``)."""
+    import dataclasses as dc
+
+    import comfy.ldm.flux.model
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
-    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-                   "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-                   "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
-                   "transformer_depth_output": [0, 0, 1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
-                   "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 16,
-                   "use_temporal_attention": False, "use_temporal_resblock": False}
-    model_config = comfy.supported_models.SDXL(unet_config)
+    config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+              "vec_in_dim": 32, "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2,
+              "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
+              "qkv_bias": True, "txt_ids_dims": []}
+    known = {f.name for f in dc.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+    model_config = comfy.supported_models.Flux({k: v for k, v in config.items() if k in known})
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, "", device="cpu")
     init_weights(model.diffusion_model, seed)
@@ -459,7 +523,10 @@ FAMILY_NAMES = {
            "cross-attention)",
     "sd2": "SD2.x checkpoints (Stable Diffusion 2.0/2.1, 512 epsilon and 768 v-prediction: OpenCLIP-H, 1024-wide "
            "cross-attention)",
+    "sdxl": "SDXL checkpoints (SDXL 1.0 base and its fine-tunes such as Pony, Illustrious, NoobAI, Juggernaut, "
+            "epsilon or v-prediction: CLIP-L + OpenCLIP-bigG, 2048-wide cross-attention)",
 }
+SHORT_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 #: what every node runs on (the nodes that also take SD2.x say so where they call require_supported)
 SUPPORTED_MODELS = FAMILY_NAMES["sd1"]
 
@@ -468,7 +535,8 @@ def model_family(model_patcher) -> str:
     """The family of a MODEL as ComfyUI detected it when loading: "sd1" for an SD1.x UNet (ComfyUI's SD15 model
     config: 768-wide cross-attention context in a real checkpoint, narrower in the pack's tiny and ToyWorld models
     built from the same class), "sd2" for an SD2.x text-to-image UNet (ComfyUI's SD20 config, epsilon or
-    v-prediction; not its unCLIP or upscaler subclasses), otherwise the name of ComfyUI's model config class
+    v-prediction; not its unCLIP or upscaler subclasses), "sdxl" for an SDXL base UNet (ComfyUI's SDXL config and
+    its distilled subclasses SSD-1B, Vega, KOALA; not the refiner or InstructPix2Pix), otherwise the name of ComfyUI's model config class
     ("SDXL", "SD21UnclipH", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has
     none."""
     import comfy.supported_models
@@ -481,6 +549,9 @@ def model_family(model_patcher) -> str:
         return "sd1"
     if type(cfg) is comfy.supported_models.SD20:
         return "sd2"
+    if isinstance(cfg, comfy.supported_models.SDXL) and \
+            not isinstance(cfg, getattr(comfy.supported_models, "SDXL_instructpix2pix", ())):
+        return "sdxl"
     return type(cfg).__name__
 
 
@@ -500,9 +571,9 @@ def require_supported(node: str, model_patcher, families=("sd1",)) -> None:
     FAMILY_NAMES), for a model the node cannot edit with (checked before any work starts)."""
     family = model_family(model_patcher)
     if family not in families:
-        shown = {"sd1": "SD1.x", "sd2": "SD2.x"}.get(family, family)
+        shown = SHORT_NAMES.get(family, family)
         what = " and ".join(FAMILY_NAMES[f] for f in families)
-        later = ", ".join(n for f, n in (("sd2", "SD2.x"), ("sdxl", "SDXL")) if f not in families)
+        later = ", ".join(n for f, n in SHORT_NAMES.items() if f not in families)
         raise ValueError(f"{node}: this MODEL is {shown} (as ComfyUI detected it); this node works with {what} in "
                          f"this version ({later + ' and ' if later else ''}MM-DiT models such as Flux and SD3 are not "
                          "supported yet). Load a checkpoint of a supported family, or the pack's ToyWorld Model "

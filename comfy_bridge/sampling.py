@@ -28,8 +28,9 @@ P2P_DDIM = "p2p_ddim"
 #: smallest sigma) instead of to sigma 0
 P2P_DDIM_REFERENCE = "p2p_ddim_reference"
 
-__all__ = ["P2P_DDIM", "P2P_DDIM_REFERENCE", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names", "replay_schedule",
-           "core_sample", "latent_channels", "make_weights_autograd_safe"]
+__all__ = ["P2P_DDIM", "P2P_DDIM_REFERENCE", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names",
+           "replay_schedule", "core_sample", "latent_channels", "make_weights_autograd_safe", "text_embedding",
+           "pooled_width"]
 
 
 class ComfyDenoiser:
@@ -44,6 +45,9 @@ class ComfyDenoiser:
         self.model_options = model_options
         self.sigmas = sigmas
         self._template = guider.conds["positive"][0]
+        #: SDXL: the pooled text vector is one more row of every embedding (see :func:`text_embedding`)
+        self.pooled_width = pooled_width(self.model, self._template.get("pooled_output"))
+        self._adm_tail = None
 
     def with_kernel(self, kernel: str) -> "ComfyDenoiser":
         """This denoiser with another attention kernel: "host" (ComfyUI's configured one) or "sdpa" (PyTorch's
@@ -77,11 +81,28 @@ class ComfyDenoiser:
     def sigma_min(self) -> float:
         return float(self.model.model_sampling.sigma_min)
 
+    @property
+    def pooled_rows(self) -> int:
+        """1 when every embedding ends with a pooled-vector row (SDXL), else 0."""
+        return 1 if self.pooled_width else 0
+
     def _conds(self, emb: torch.Tensor):
         import comfy.conds
 
         c = dict(self._template)
         mc = dict(c["model_conds"])
+        if self.pooled_width:
+            # SDXL's ADM input y = [pooled (P), size / crop embeddings (6 x 256)] (comfy.model_base.SDXL.encode_adm):
+            # each row's own pooled vector, the template's size / crop conditioning
+            P = self.pooled_width
+            if self._adm_tail is None:
+                y = mc["y"].cond
+                with torch.inference_mode(False):
+                    self._adm_tail = y[:1, P:].clone()
+            tail = self._adm_tail.to(self.device)
+            pooled = emb[:, -1, :P].to(tail.dtype)
+            mc["y"] = comfy.conds.CONDRegular(torch.cat([pooled, tail.expand(emb.shape[0], -1)], 1))
+            emb = emb[:, :-1]
         mc["c_crossattn"] = comfy.conds.CONDCrossAttn(emb.to(self.device))
         c["model_conds"] = mc
         return [c]
@@ -114,6 +135,38 @@ class ComfyDenoiser:
         throw_if_interrupted()
 
 
+def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
+    """Width P of the pooled text vector a model takes as part of its conditioning (SDXL: the ADM input starts
+    with the pooled bigG output, P = 1280), 0 for models that ignore it (SD1.x, SD2.x). ``model``: a BaseModel;
+    ``pooled``: the conditioning's ``pooled_output`` [1, P] (ValueError when an SDXL model's has none)."""
+    import comfy.model_base
+
+    if not isinstance(model, comfy.model_base.SDXL):
+        return 0
+    if pooled is None:
+        raise ValueError("this SDXL conditioning has no pooled output; encode the prompts with CLIP Text Encode or "
+                         "CLIP Text Encode (SDXL) from an SDXL CLIP")
+    return int(pooled.shape[-1])
+
+
+def text_embedding(model_patcher, cond) -> torch.Tensor:
+    """The one tensor the pack's loops optimise and batch for a CONDITIONING: its token embeddings [1, T, D]; for
+    a model that also takes the pooled text vector (SDXL), one more row [1, T + 1, D] whose first P entries are
+    the pooled vector (the rest zeros). :class:`ComfyDenoiser` splits it again; so null-text inversion can
+    optimise the pooled vector with the sequence, and every prompt of an edit keeps its own pooled vector.
+    ValueError when the pooled vector is wider than the tokens (no such model in ComfyUI)."""
+    emb = cond[0][0]
+    P = pooled_width(model_patcher.model, (cond[0][1] or {}).get("pooled_output"))
+    if not P:
+        return emb
+    if P > emb.shape[-1]:
+        raise ValueError(f"pooled output width {P} exceeds the token width {emb.shape[-1]}")
+    pooled = cond[0][1]["pooled_output"].to(emb)
+    row = torch.zeros(emb.shape[0], 1, emb.shape[-1], dtype=emb.dtype, device=emb.device)
+    row[:, 0, :P] = pooled.reshape(emb.shape[0] if pooled.shape[0] == emb.shape[0] else 1, P)
+    return torch.cat([emb, row], 1)
+
+
 def _sdpa_override(func, *args, **kwargs):
     from comfy.ldm.modules.attention import attention_pytorch
 
@@ -132,6 +185,10 @@ class ComfyRunner:
 
             model_patcher = install_controller(model_patcher, controller)
         self.model_patcher = model_patcher
+
+    def embedding(self, cond) -> torch.Tensor:
+        """The loops' tensor for a CONDITIONING (:func:`text_embedding`)."""
+        return text_embedding(self.model_patcher, cond)
 
     def run(self, loop: Loop, latent: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         import comfy.samplers
@@ -234,7 +291,32 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
     """``inversion.core.invert`` of one LATENT [1, C, H, W] with ``model_patcher``, run in ComfyUI's sampler."""
     from ..inversion.core import invert as invert_loop
 
-    return invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
+    inv = invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
+    return _record_model(inv, model_patcher)
+
+
+def _record_model(inv, model_patcher):
+    from .models import model_family, prediction_type
+
+    inv.family, inv.prediction = model_family(model_patcher), prediction_type(model_patcher)
+    return inv
+
+
+def check_inversion_model(inversion, model_patcher, node: str = "") -> None:
+    """ValueError when ``inversion`` was made with a model of another family or prediction type than
+    ``model_patcher`` (what was recorded; inversions saved before the pack recorded it are not checked)."""
+    from .models import SHORT_NAMES, model_family, prediction_type
+
+    family, pred = model_family(model_patcher), prediction_type(model_patcher)
+    head = f"{node}: " if node else ""
+    if inversion.family and inversion.family != family:
+        was, now = SHORT_NAMES.get(inversion.family, inversion.family), SHORT_NAMES.get(family, family)
+        raise ValueError(f"{head}this inversion was made with an {was} model but the MODEL connected here is {now}; "
+                         f"edit with the model the image was inverted with, or invert the image again with this one")
+    if inversion.prediction and inversion.prediction != pred:
+        raise ValueError(f"{head}this inversion was made with a {inversion.prediction}-prediction model but the "
+                         f"MODEL connected here predicts {pred}; edit with the model the image was inverted with, "
+                         "or invert the image again with this one")
 
 
 def invert_batch(model_patcher, latent: torch.Tensor, source_conds: list, empty_cond, sigmas: torch.Tensor, **kwargs):
@@ -242,8 +324,9 @@ def invert_batch(model_patcher, latent: torch.Tensor, source_conds: list, empty_
     ``model_patcher``, run in ComfyUI's sampler as one batch; returns B inversions."""
     from ..inversion.core import invert_batch as invert_loop
 
-    return invert_loop(ComfyRunner(model_patcher, source_conds[0]), latent, source_conds, empty_cond, sigmas,
-                       **kwargs)
+    return [_record_model(inv, model_patcher) for inv in
+            invert_loop(ComfyRunner(model_patcher, source_conds[0]), latent, source_conds, empty_cond, sigmas,
+                        **kwargs)]
 
 
 def edit(model_patcher, inversion, target_conds: list, controller=None, **kwargs) -> torch.Tensor:
@@ -251,5 +334,6 @@ def edit(model_patcher, inversion, target_conds: list, controller=None, **kwargs
     installed on a clone of ``model_patcher``; returns [1 + edits, C, H, W] LATENT samples."""
     from ..inversion.replay import edit as replay
 
+    check_inversion_model(inversion, model_patcher)
     return replay(ComfyRunner(model_patcher, inversion.source_cond, controller), inversion, target_conds, controller,
                   **kwargs)

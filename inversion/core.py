@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .ddim import ddim_step, to_vp
-from .protocol import Denoiser, LoopRunner
+from .protocol import Denoiser, LoopRunner, embedding_of
 
 METHODS = ("null_text", "negative_prompt", "ddim")
 
@@ -38,7 +38,10 @@ class Inversion:
     source_cond:    ComfyUI CONDITIONING of the source prompt ([[emb [1, 77, D], extras]]).
     uncond:         N tensors [1, 77, D]: the unconditional embedding to use at each replay step (the
                     optimised null-text embeddings; the source embedding for negative-prompt inversion; the
-                    empty prompt's embedding for plain DDIM inversion).
+                    empty prompt's embedding for plain DDIM inversion); [1, 78, D] on SDXL, whose last row holds
+                    the pooled vector (the runner's ``embedding``).
+    family:         the model family inverted with ("sd1", "sd2", "sdxl"; "" when not recorded).
+    prediction:     "eps" or "v" ("" when not recorded).
     guidance_scale: the CFG scale the inversion was made for (null-text is optimised for it).
     method:         'null_text', 'negative_prompt' or 'ddim'.
     losses:         per step, the null-text inner losses (empty lists for the other methods).
@@ -55,6 +58,8 @@ class Inversion:
     latent: torch.Tensor
     losses: list = field(default_factory=list)
     scheduler: str = ""
+    family: str = ""
+    prediction: str = ""
 
     @property
     def steps(self) -> int:
@@ -131,7 +136,8 @@ NULL_TEXT_MODES = {"fast": dict(kernel="sdpa"), "reference": dict(kernel="host")
 def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_emb: torch.Tensor,
                    uncond_init: torch.Tensor, guidance_scale: float, num_inner_steps: int = 10,
                    early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2,
-                   progress: Optional[Callable[[int, int], None]] = None, kernel: str = "sdpa"):
+                   progress: Optional[Callable[[int, int], None]] = None, kernel: str = "sdpa",
+                   optimise_pooled: bool = True):
     """Null-text optimisation (Mokady et al. 2022, Algorithm 1) of B images at once. Returns (null embeddings:
     N tensors [B, T, D], one per step; losses: per image, per step the losses of its Adam steps, in order).
 
@@ -161,6 +167,11 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
       * several images as one batch (``invert_batch``; node Invert Images (Batch)): a pass over B rows costs far
         less than B passes where the model is small for the device (ToyWorld on one CPU thread: forward + backward
         1.45x the time of one row for 2 rows, 1.97x for 4), and no more per row where it is large.
+    SDXL: the embedding is the whole negative conditioning, both encoders' token sequence and (the denoiser's
+    ``pooled_rows`` last row) the pooled vector; ``optimise_pooled`` False keeps that row at its initial value (its
+    gradient is masked to zero, so Adam leaves it exactly unchanged). bench/bench_inversion.py --family sdxl
+    measures both; the README says which is the default and why.
+
     Measured and left out (the README has the figures): checking the early stop before the Adam step and advancing
     with that evaluation (saves one CFG pass per step; about 1% faster, reconstruction error up to 8% higher);
     starting each step from the better of the previous optimum and the source prompt's embedding (negative-prompt
@@ -185,6 +196,11 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
         with torch.no_grad():
             c, _ = den.denoise(x, s, cond_emb, None)
         leaves = [r.detach().clone().requires_grad_(True) for r in rows]
+        if getattr(den, "pooled_rows", 0) and not optimise_pooled:
+            keep = torch.ones_like(rows[0])
+            keep[:, -den.pooled_rows:] = 0
+            for leaf in leaves:
+                leaf.register_hook(lambda g, keep=keep: g * keep)
         lr = learning_rate * (1.0 - i / (2.0 * N))
         opts = [torch.optim.Adam([leaf], lr=lr) for leaf in leaves]
         step_losses: list = [[] for _ in range(B)]
@@ -229,7 +245,7 @@ def invert(runner: LoopRunner, latent: torch.Tensor, source_cond: list, empty_co
            method: str = "null_text", guidance_scale: float = 7.5, num_inner_steps: int = 10,
            early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, source_prompt: str = "",
            scheduler: str = "", progress: Optional[Callable[[int, int], None]] = None,
-           null_text_mode: str = "fast") -> Inversion:
+           null_text_mode: str = "fast", optimise_pooled: bool = True) -> Inversion:
     """Inverts one image. runner: runs the loops in the host's sampler with the model to invert with
     (comfy_bridge.sampling.runner(model, source_cond)); latent: [1, C, H, W] (LATENT scale, from VAEEncode);
     source_cond / empty_cond: CONDITIONING of the source prompt and of the empty prompt ([[emb [1, T, D], extras]]);
@@ -245,14 +261,16 @@ def invert(runner: LoopRunner, latent: torch.Tensor, source_cond: list, empty_co
                          "split the batch (e.g. with 'Latent From Batch') and invert each image, or use "
                          "'Invert Images (Batch)'")
     return invert_batch(runner, latent, [source_cond], empty_cond, sigmas, method, guidance_scale, num_inner_steps,
-                        early_stop_epsilon, learning_rate, [source_prompt], scheduler, progress, null_text_mode)[0]
+                        early_stop_epsilon, learning_rate, [source_prompt], scheduler, progress, null_text_mode,
+                        optimise_pooled)[0]
 
 
 def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, empty_cond: list,
                  sigmas: torch.Tensor, method: str = "null_text", guidance_scale: float = 7.5,
                  num_inner_steps: int = 10, early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2,
                  source_prompts: Optional[list] = None, scheduler: str = "",
-                 progress: Optional[Callable[[int, int], None]] = None, null_text_mode: str = "fast") -> list:
+                 progress: Optional[Callable[[int, int], None]] = None, null_text_mode: str = "fast",
+                 optimise_pooled: bool = True) -> list:
     """Inverts B images as one batch; returns B ``Inversion`` values, each what :func:`invert` gives for that image
     alone (same steps and Adam iterations; equal to float rounding): the batch is only faster (see
     :func:`null_text_loop`).
@@ -274,7 +292,8 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
         raise ValueError(f"{B} images but {len(source_conds)} source prompts; give one source prompt per image")
     if len(sigmas) < 2:
         raise ValueError("the schedule needs at least one step")
-    embs = [c[0][0].detach() for c in source_conds]
+    emb_of = embedding_of(runner)
+    embs = [emb_of(c).detach() for c in source_conds]
     if len({tuple(e.shape[1:]) for e in embs}) > 1:
         lens = ", ".join(str(e.shape[1]) for e in embs)
         raise ValueError(f"the source prompts encode to different lengths ({lens} tokens): ComfyUI encodes a prompt "
@@ -282,7 +301,7 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
                          "(75 word pieces each), or invert the long one on its own")
     sigmas = sigmas.float()
     cond_emb = torch.cat(embs)
-    empty_emb = empty_cond[0][0].detach()
+    empty_emb = emb_of(empty_cond).detach()
     total = (len(sigmas) - 1) * (2 if method == "null_text" else 1)
     result = {}
 
@@ -299,7 +318,7 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
                 nulls, losses = null_text_loop(
                     den, traj, s, ce.clone(), ee.clone(), guidance_scale, num_inner_steps, early_stop_epsilon,
                     learning_rate, progress=(lambda d, n: progress(N + d, total)) if progress else None,
-                    **NULL_TEXT_MODES[null_text_mode])
+                    optimise_pooled=optimise_pooled, **NULL_TEXT_MODES[null_text_mode])
             nulls = [u.detach().cpu() for u in nulls]
             result["uncond"] = [[u[r:r + 1] for u in nulls] for r in range(B)]
             result["losses"] = losses

@@ -29,6 +29,9 @@ class Denoiser(Protocol):
     #: what the model predicts: "eps" (noise) or "v" (velocity, SD 2.x 768-v); the loops work on denoised
     #: estimates either way, and DDIM inversion reads v's noise as diffusers' DDIMInverseScheduler does
     prediction: str = "eps"
+    #: 1 when every embedding ends with one row holding the model's pooled text vector (SDXL: see the runner's
+    #: ``embedding``), else 0
+    pooled_rows: int = 0
 
     @property
     def device(self) -> torch.device: ...
@@ -54,6 +57,16 @@ class LoopRunner(Protocol):
 
     ``run(loop, latent, sigmas)``: latent [B, C, H, W] in the host's LATENT scale (what VAE Encode returns); the
     loop sees it in the model's scale and returns the final latents in the model's scale; ``run`` returns them in
-    the LATENT scale. ``sigmas`` is the schedule the loop walks (any order)."""
+    the LATENT scale. ``sigmas`` is the schedule the loop walks (any order).
+
+    ``embedding(cond)`` (optional; default ``cond[0][0]``): the tensor [1, T, D] the loops use for a prompt's
+    conditioning, [1, T + 1, D] where the model also takes a pooled vector (the last row; the denoiser splits it
+    off again)."""
 
     def run(self, loop: Loop, latent: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor: ...
+
+
+def embedding_of(runner) -> Callable:
+    """The runner's ``embedding`` function, or the plain token embeddings ``cond[0][0]``."""
+    fn = getattr(runner, "embedding", None)
+    return fn if callable(fn) else (lambda cond: cond[0][0])

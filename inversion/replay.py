@@ -15,7 +15,7 @@ import torch
 from ..attention.controllers import P2PController
 from .core import Inversion
 from .ddim import ddim_step
-from .protocol import Denoiser, LoopRunner
+from .protocol import Denoiser, LoopRunner, embedding_of
 
 
 def replay_loop(den: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, cond_embs: torch.Tensor, uncond: list,
@@ -42,14 +42,19 @@ def replay_loop(den: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, cond_emb
     return x
 
 
-def prompt_embeddings(inversion: Inversion, target_conds: list) -> torch.Tensor:
-    """[P, T, D]: the source prompt's embedding, then each edited prompt's. ValueError when they differ in shape
-    (a prompt over 75 tokens encodes to more than one 77-token chunk)."""
-    embs = [inversion.source_cond[0][0]] + [c[0][0] for c in target_conds]
+def prompt_embeddings(inversion: Inversion, target_conds: list, emb_of: Callable = lambda c: c[0][0]) -> torch.Tensor:
+    """[P, T, D]: the source prompt's embedding, then each edited prompt's (``emb_of``: the runner's embedding
+    function, see inversion.protocol.LoopRunner). ValueError when they differ in shape (a prompt over 75 tokens
+    encodes to more than one 77-token chunk), or from the inversion's null-text embeddings (another model)."""
+    embs = [emb_of(inversion.source_cond)] + [emb_of(c) for c in target_conds]
     widths = {tuple(e.shape[1:]) for e in embs}
     if len(widths) != 1:
         raise ValueError(f"the prompts encode to different shapes {sorted(widths)}; keep every prompt under "
                          "75 tokens so each is one 77-token chunk")
+    if inversion.uncond and inversion.uncond[0].shape[-1] != embs[0].shape[-1]:
+        raise ValueError(f"this inversion's embeddings are {inversion.uncond[0].shape[-1]} wide but this model's "
+                         f"prompts are {embs[0].shape[-1]} wide: the inversion was made with another model; invert "
+                         "the image again with this model")
     return torch.cat([e[:1] for e in embs], 0)
 
 
@@ -64,7 +69,7 @@ def edit(runner: LoopRunner, inversion: Inversion, target_conds: list, controlle
     another number of prompts.
     """
     scale = inversion.guidance_scale if guidance_scale is None else float(guidance_scale)
-    cond_embs = prompt_embeddings(inversion, target_conds)
+    cond_embs = prompt_embeddings(inversion, target_conds, embedding_of(runner))
     if controller is not None and controller.num_prompts != cond_embs.shape[0]:
         raise ValueError(f"the controller is for {controller.num_prompts} prompts, got {cond_embs.shape[0]}")
 

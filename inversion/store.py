@@ -2,7 +2,9 @@
 
 Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, T, D] (per-step unconditional
 embeddings), ``latent`` [1, C, H, W], ``source_emb`` [1, T, D] and, when the text encoder gave one,
-``source_pooled``; metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON).
+``source_pooled``; metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction
+(of the model inverted with: "sd1" / "sd2" / "sdxl", "eps" / "v"; absent in files of earlier versions). On SDXL
+``uncond`` rows end with the pooled-vector row (inversion.core.Inversion).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def to_file(inv: Inversion) -> tuple:
             tensors["source_pooled"] = extras["pooled_output"].detach().cpu().float().contiguous()
     meta = {"format": FORMAT, "source_prompt": inv.source_prompt, "method": inv.method,
             "guidance_scale": repr(inv.guidance_scale), "scheduler": inv.scheduler,
-            "losses": json.dumps(inv.losses)}
+            "losses": json.dumps(inv.losses), "family": inv.family, "prediction": inv.prediction}
     return tensors, meta
 
 
@@ -76,4 +78,5 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
     return Inversion(x_T=x_T, sigmas=sigmas, source_prompt=meta.get("source_prompt", ""),
                      source_cond=[[tensors["source_emb"], extras]], uncond=[u[None] for u in uncond],
                      guidance_scale=scale, method=method, latent=tensors["latent"], losses=losses,
-                     scheduler=meta.get("scheduler", ""))
+                     scheduler=meta.get("scheduler", ""), family=meta.get("family", ""),
+                     prediction=meta.get("prediction", ""))

@@ -53,8 +53,10 @@ def token_strings(clip, prompt: str) -> list:
     return align.token_labels(clip.tokenizer, prompt)
 
 
-#: the model families of the nodes that work on SD2.x too (epsilon and v-prediction): inversion and the P2P sampler
+#: the model families of the nodes that work on SD2.x too (epsilon and v-prediction)
 SD1_SD2 = ("sd1", "sd2")
+#: the families of the inversion nodes and the P2P sampler: SD1.x, SD2.x (epsilon and v) and SDXL
+EDIT_FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 def supported(node: str, model, families=("sd1",)) -> None:

@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 from ..attention import align
 from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
 from ..comfy_bridge import sampling as bridge_sampling
-from .common import (SD1_SD2, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
+from .common import (EDIT_FAMILIES, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
                      check_finite_latent,
                      encode, finite, latent_samples, supported, token_strings)
 
@@ -176,7 +176,8 @@ class AE_P2PEditSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, edit=None, steps=0, latent=None) -> io.NodeOutput:
-        supported("Prompt-to-Prompt Edit Sampler", model, SD1_SD2)
+        supported("Prompt-to-Prompt Edit Sampler", model, EDIT_FAMILIES)
+        bridge_sampling.check_inversion_model(inversion, model, "Prompt-to-Prompt Edit Sampler")
         inversion.check_compatible(steps=steps or None,
                                    latent_shape=latent_samples(latent).shape if latent is not None else None)
         out, maps = run_edit(model, clip, inversion, edit, progress=Progress(inversion.steps))

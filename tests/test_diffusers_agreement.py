@@ -1,8 +1,11 @@
 """The pack's DDIM inversion and CFG DDIM replay agree with diffusers, given identical (tiny) UNet weights.
 
-Setup, per family: the tiny SD1.x model of ``build_sd1x(TINY_TEST, seed=0)`` and the tiny SD2.x v-prediction model
+Setup, per family: the tiny SD1.x model of ``build_sd1x(TINY_TEST, seed=0)``, the tiny SD2.x v-prediction model
 ``build_sd1x(TINY_SD2_V, seed=0)`` (ComfyUI's SD20 config, OpenCLIP-H tokenizer, linear transformer projections;
-diffusers' schedulers then run with prediction_type="v_prediction" on the UNet's raw v output); its UNet weights are converted to
+diffusers' schedulers then run with prediction_type="v_prediction" on the UNet's raw v output) and the tiny SDXL
+model ``build_sd1x(TINY_SDXL, seed=0)`` (ComfyUI's SDXL config; diffusers gets the UNet StableDiffusionXLPipeline
+builds, addition_embed_type "text_time", with the pooled bigG output and the time ids [h, w, 0, 0, h, w] ComfyUI's
+CLIP Text Encode implies; latent scale 0.13025); its UNet weights are converted to
 ``diffusers.UNet2DConditionModel`` (testing/diffusers_bridge.py, diffusers' own ldm converter). Text embeddings
 come from the tiny CLIP (one tensor used by both sides); the image is a real photo (skimage ``chelsea``, 64x64)
 encoded by the tiny VAE.
@@ -51,7 +54,7 @@ TOL = 1e-3
 PROMPT = "a photo of a cat"
 
 
-@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v"], ids=["sd1", "sd2_v"])
+@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v", "tiny_sdxl"], ids=["sd1", "sd2_v", "sdxl"])
 def setup(request):
     # One intra-op thread: the UNet is tiny (8x8 latents), and on a busy 2-core machine torch's thread pool
     # makes every call 10-100x slower. Restored afterwards.
@@ -83,8 +86,17 @@ def _setup(config):
     sigmas = B.sigmas_from_scheduler(fwd)
     print(f"\n[diffusers agreement] setup {time.time() - t0:.1f}s; timesteps {fwd.timesteps.tolist()}; "
           f"sigmas {[round(float(s), 4) for s in sigmas]}")
+    cond_emb, empty_emb = cond[0][0].float(), empty[0][0].float()
+    if cfg.family == "sdxl":
+        # StableDiffusionXLPipeline's conditioning: the sequence, the pooled bigG vector and the time ids
+        # (original size, crop top-left, target size); ComfyUI's CLIP Text Encode leaves the sizes at the
+        # latent's pixel size and the crop at 0, so the same numbers
+        h, w = latent.shape[-2] * 8, latent.shape[-1] * 8
+        unet.ae_time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32)
+        cond_emb = (cond_emb, cond[0][1]["pooled_output"].float())
+        empty_emb = (empty_emb, empty[0][1]["pooled_output"].float())
     return dict(cfg=cfg, mp=mp, cond=cond, empty=empty, latent=latent, unet=unet, fwd=fwd, inv=inv, sigmas=sigmas,
-                cond_emb=cond[0][0].float(), empty_emb=empty[0][0].float())
+                cond_emb=cond_emb, empty_emb=empty_emb, scale=float(mp.model.latent_format.scale_factor))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +129,13 @@ def test_unet_conversion(setup):
     model = s["mp"].model
     g = torch.Generator().manual_seed(0)
     x_vp = torch.randn(2, 4, 8, 8, generator=g)
-    emb = torch.cat([s["cond_emb"], s["empty_emb"]])
+    emb = B._cat([s["cond_emb"], s["empty_emb"]])
+    extra = {}
+    if isinstance(emb, tuple):  # SDXL: ComfyUI's ADM vector of the pooled outputs and sizes (the diffusers time ids)
+        h, w = s["unet"].ae_time_ids[:2].tolist()
+        extra["y"] = model.encode_adm(pooled_output=emb[1], width=int(w), height=int(h))
+        emb = emb[0]
+        x_vp = torch.randn(2, 4, 16, 16, generator=g)  # the model's own size, as the ADM's sizes say
     worst = 0.0
     for t in (0, 1, 301, 901, 999):
         a = float(s["fwd"].alphas_cumprod[t])
@@ -125,9 +143,9 @@ def test_unet_conversion(setup):
         x_ve = B.vp_to_ve(x_vp, sigma)
         sig = torch.full((2,), sigma)
         with torch.no_grad():
-            x0 = model.apply_model(x_ve, sig, c_crossattn=emb)
+            x0 = model.apply_model(x_ve, sig, c_crossattn=emb, **extra)
         eps_comfy = (x_ve - x0) / sigma
-        eps_diff = B.eps_diffusers(s["unet"], x_vp, t, emb)
+        eps_diff = B.eps_diffusers(s["unet"], x_vp, t, B._cat([s["cond_emb"], s["empty_emb"]]))
         worst = max(worst, float((eps_comfy - eps_diff).abs().max()))
     print(f"[diffusers agreement] UNet eps max |comfy - diffusers| = {worst:.2e}")
     assert worst < 1e-4, f"converted UNet disagrees: max eps difference {worst:.3e}"
@@ -138,9 +156,9 @@ def test_ddim_inversion_agrees(setup, inversion):
     sig = s["sigmas"]
     sig_T, sig_0 = float(sig[0]), float(sig[-1])
     # pack: LATENT scale x_T -> VE -> VP at sigma_T
-    ours = B.ve_to_vp(inversion.x_T.float() * B.SCALE_FACTOR, sig_T)
+    ours = B.ve_to_vp(inversion.x_T.float() * s["scale"], sig_T)
     # the same starting state for diffusers: the pack's clean VE latent at sigma(t=0)
-    x0_vp = B.ve_to_vp(s["latent"] * B.SCALE_FACTOR, sig_0)
+    x0_vp = B.ve_to_vp(s["latent"] * s["scale"], sig_0)
     source_conv = B.ddim_inversion_explicit(s["unet"], s["fwd"], x0_vp, s["cond_emb"], eps_at="source")[-1]
     source_vs_ours = float((ours - source_conv).abs().max())
 
@@ -150,7 +168,7 @@ def test_ddim_inversion_agrees(setup, inversion):
     diff = float((sched - ours).abs().max())
     target = B.ddim_inversion_explicit(s["unet"], s["fwd"], x0_vp, s["cond_emb"], eps_at="target")[-1]
     sched_vs_target = float((sched - target).abs().max())
-    naive = B.ddim_inversion_explicit(s["unet"], s["fwd"], s["latent"] * B.SCALE_FACTOR, s["cond_emb"],
+    naive = B.ddim_inversion_explicit(s["unet"], s["fwd"], s["latent"] * s["scale"], s["cond_emb"],
                                       eps_at="target")[-1]
     naive_vs_ours = float((naive - ours).abs().max())
     scale = float(ref.abs().max())
@@ -158,7 +176,7 @@ def test_ddim_inversion_agrees(setup, inversion):
           f"    pack vs DDIMInverseScheduler (eps(x_a, t_b)):             max |diff| = {diff:.3e}  (asserted)\n"
           f"    pack vs the other discretisation eps(x_a, t_a):           max |diff| = {source_vs_ours:.3e}\n"
           f"    DDIMInverseScheduler vs explicit eps(x_a, t_b) loop:      max |diff| = {sched_vs_target:.3e}\n"
-          f"    pack vs same convention started from z*0.18215 (VP):     max |diff| = {naive_vs_ours:.3e}")
+          f"    pack vs same convention started from z*scale (VP):        max |diff| = {naive_vs_ours:.3e}")
     assert diff < TOL, f"DDIM inversion: pack vs diffusers max |x_T difference| = {diff:.3e} >= {TOL}"
     if s["unet"].ae_prediction_type == "epsilon":
         assert sched_vs_target < 1e-5, f"explicit next_step loop != DDIMInverseScheduler ({sched_vs_target:.3e})"
@@ -180,17 +198,17 @@ def test_cfg_replay_agrees(setup, inversion):
     sig_T, sig_0 = float(sig[0]), float(sig[-1])
     out = edit(s["mp"], inversion, [])  # [1, C, H, W], LATENT scale, at sigma(t=0)
     assert out.shape == inversion.x_T.shape
-    ours = B.ve_to_vp(out.float() * B.SCALE_FACTOR, sig_0)
-    x_T_vp = B.ve_to_vp(inversion.x_T.float() * B.SCALE_FACTOR, sig_T)
+    ours = B.ve_to_vp(out.float() * s["scale"], sig_0)
+    x_T_vp = B.ve_to_vp(inversion.x_T.float() * s["scale"], sig_T)
     assert all(torch.equal(u, inversion.uncond[0]) for u in inversion.uncond)
     ref = B.cfg_ddim_sample(s["unet"], s["fwd"], x_T_vp, s["cond_emb"], s["empty_emb"], GUIDANCE)
     diff = float((ours - ref).abs().max())
     # what a diffusers pipeline would hand its VAE (sample / 0.18215) vs the pack's LATENT output: the same
     # state, but the pack's LATENT is VE (x / sqrt(alphas_cumprod[0])) -- printed, not asserted
-    latent_level = float((out.float() - ref / B.SCALE_FACTOR).abs().max())
+    latent_level = float((out.float() - ref / s["scale"]).abs().max())
     print(f"[diffusers agreement] CFG {GUIDANCE} DDIM replay ({STEPS} steps), final sample (VP, max |x| "
           f"{float(ref.abs().max()):.3f}): pack vs DDIMScheduler max |diff| = {diff:.3e}  (asserted)\n"
-          f"    LATENT-level (pack VE/0.18215 vs diffusers sample/0.18215): max |diff| = {latent_level:.3e}")
+          f"    LATENT-level (pack VE/scale vs diffusers sample/scale): max |diff| = {latent_level:.3e}")
     assert diff < TOL, f"CFG DDIM replay: pack vs diffusers max |final latent difference| = {diff:.3e} >= {TOL}"
 
 

@@ -362,15 +362,15 @@ def test_a_pickle_payload_is_never_run(comfy_server, tmp_path):
 
 
 def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_server):
-    """A MODEL the pack cannot edit with (here a tiny SDXL model built from ComfyUI's own SDXL classes) is refused
+    """A MODEL the pack cannot edit with (here a tiny Flux.1 model built from ComfyUI's own Flux classes) is refused
     by every AE_* node that takes a MODEL, before any work starts, with one message naming the node, the model's
     family and what is supported."""
     import nodes as comfy_nodes
 
-    from attention_edit.comfy_bridge.models import build_tiny_sdxl_unet, model_family
+    from attention_edit.comfy_bridge.models import build_tiny_flux_model, model_family
 
-    sdxl = build_tiny_sdxl_unet()
-    assert model_family(sdxl) == "SDXL"
+    flux = build_tiny_flux_model()
+    assert model_family(flux) == "Flux"
     info = comfy_server.object_info()
     tried = []
     for node_id, spec in sorted(info.items()):
@@ -379,11 +379,12 @@ def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_s
         if "MODEL" not in _input_types(spec).values():
             continue
         cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
-        kwargs = _default_kwargs(spec, cls, lambda n, t: sdxl if t == "MODEL" else None)
+        kwargs = _default_kwargs(spec, cls, lambda n, t: flux if t == "MODEL" else None)
         with pytest.raises(ValueError) as ei:
             cls.execute(**kwargs)
         msg = str(ei.value)
         short = spec["display_name"].split(" (")[0]  # "Invert Image (Null-text / DDIM)" -> "Invert Image"
-        assert msg.startswith(short) and ": this MODEL is SDXL" in msg and "SD1.x checkpoints" in msg, (node_id, msg)
+        assert msg.startswith(short) and ": this MODEL is Flux" in msg and "SD1.x checkpoints" in msg, (node_id, msg)
+        assert "MM-DiT models such as Flux and SD3 are not supported yet" in msg, msg
         tried.append(node_id)
     assert len(tried) >= 9, tried  # inversion, edit sampler, 2 trainers, concept load/export, 3 Imagic nodes

@@ -37,7 +37,8 @@ __all__ = [
     "cfg_ddim_sample",
 ]
 
-#: SD1.x latent scale factor (comfy.latent_formats.SD15.scale_factor).
+#: SD1.x latent scale factor (comfy.latent_formats.SD15.scale_factor); SDXL's is 0.13025 (the model's
+#: latent_format.scale_factor says which)
 SCALE_FACTOR = 0.18215
 
 #: SD1.x training schedule, as diffusers spells it for StableDiffusionPipeline.
@@ -58,8 +59,9 @@ def diffusers_unet_config(model_patcher) -> dict:
     historically misnamed ``attention_head_dim`` argument.
     """
     uc = dict(model_patcher.model.model_config.unet_config)
-    if uc.get("adm_in_channels") is not None:
-        raise NotImplementedError("class-conditioned (ADM) UNets are not handled here")
+    adm = uc.get("adm_in_channels")
+    if adm is not None and uc.get("num_classes") != "sequential":
+        raise NotImplementedError("class-conditioned (ADM) UNets other than SDXL's are not handled here")
     mc = int(uc["model_channels"])
     mult = list(uc["channel_mult"])
     nres = uc["num_res_blocks"]
@@ -93,6 +95,9 @@ def diffusers_unet_config(model_patcher) -> dict:
         flip_sin_to_cos=True,
         freq_shift=0,
         use_linear_projection=bool(uc.get("use_linear_in_transformer")),  # SD2.x: linear proj_in / proj_out
+        # SDXL: the ADM input (pooled text + 6 size / crop embeddings of 256) as StableDiffusionXLPipeline's UNet
+        **(dict(addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=int(adm)) if adm is not None else {}),
     )
 
 
@@ -125,12 +130,32 @@ def to_diffusers_unet(model_patcher, dtype: torch.dtype = torch.float32):
     return unet.eval().requires_grad_(False)
 
 
+def _cat(embs):
+    """torch.cat of embeddings, each a tensor or an SDXL (sequence, pooled) pair."""
+    if isinstance(embs[0], tuple):
+        return tuple(torch.cat([e[i] for e in embs]) for i in range(2))
+    return torch.cat(embs)
+
+
+def _call(unet, x_vp: torch.Tensor, t: int, emb):
+    """The UNet at (x, t) with ``emb``: [B or 1, 77, D], or for SDXL (sequence [B or 1, 77, D], pooled
+    [B or 1, P]) with ``unet.ae_time_ids`` [6] (original size, crop top-left, target size, as
+    StableDiffusionXLPipeline._get_add_time_ids) as the added conditioning."""
+    B = x_vp.shape[0]
+    added = None
+    if isinstance(emb, tuple):
+        emb, pooled = emb
+        pooled = pooled.expand(B, -1) if pooled.shape[0] != B else pooled
+        added = {"text_embeds": pooled, "time_ids": unet.ae_time_ids.reshape(1, -1).expand(B, -1)}
+    if emb.shape[0] != B:
+        emb = emb.expand(B, *emb.shape[1:])
+    return unet(x_vp, int(t), encoder_hidden_states=emb, added_cond_kwargs=added).sample
+
+
 @torch.no_grad()
-def model_output(unet, x_vp: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+def model_output(unet, x_vp: torch.Tensor, t: int, emb) -> torch.Tensor:
     """diffusers' raw UNet output at (x_VP, t, emb): eps for an epsilon model, v for a v-prediction one."""
-    if emb.shape[0] != x_vp.shape[0]:
-        emb = emb.expand(x_vp.shape[0], *emb.shape[1:])
-    return unet(x_vp, int(t), encoder_hidden_states=emb).sample
+    return _call(unet, x_vp, t, emb)
 
 
 @torch.no_grad()
@@ -250,16 +275,16 @@ def ddim_inversion_scheduler(unet, inverse_scheduler, x0_vp: torch.Tensor, emb: 
 
 
 @torch.no_grad()
-def cfg_ddim_sample(unet, scheduler, x_T_vp: torch.Tensor, cond: torch.Tensor, uncond: Sequence[torch.Tensor] | torch.Tensor,
+def cfg_ddim_sample(unet, scheduler, x_T_vp: torch.Tensor, cond, uncond,
                     guidance_scale: float) -> torch.Tensor:
     """DDIMScheduler.step loop with classifier-free guidance, eps = eps_u + s (eps_c - eps_u), the conditional
     and unconditional rows in one UNet batch (as StableDiffusionPipeline; on v outputs for a v-prediction UNet, as
     there, the same guidance since eps is affine in v). ``uncond``: one embedding, or one per step. Returns the
-    final VP sample (at final_alpha_cumprod)."""
+    final VP sample (at final_alpha_cumprod). Embeddings as :func:`_call` takes them; per-step ones as a list."""
     x = x_T_vp
     for i, t in enumerate(scheduler.timesteps):
-        u = uncond[i] if isinstance(uncond, (list, tuple)) else uncond
-        out = unet(torch.cat([x, x]), int(t), encoder_hidden_states=torch.cat([u, cond])).sample
+        u = uncond[i] if isinstance(uncond, list) else uncond  # a tuple is one SDXL (sequence, pooled) pair
+        out = _call(unet, torch.cat([x, x]), int(t), _cat([u, cond]))
         eps_u, eps_c = out.chunk(2)
         x = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x).prev_sample
     return x
