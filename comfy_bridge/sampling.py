@@ -30,7 +30,7 @@ P2P_DDIM_REFERENCE = "p2p_ddim_reference"
 
 __all__ = ["P2P_DDIM", "P2P_DDIM_REFERENCE", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names",
            "replay_schedule", "core_sample", "latent_channels", "make_weights_autograd_safe", "text_embedding",
-           "pooled_width"]
+           "pooled_width", "model_pooled_width", "adm_vector"]
 
 
 class ComfyDenoiser:
@@ -147,6 +147,28 @@ def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
         raise ValueError("this SDXL conditioning has no pooled output; encode the prompts with CLIP Text Encode or "
                          "CLIP Text Encode (SDXL) from an SDXL CLIP")
     return int(pooled.shape[-1])
+
+
+def model_pooled_width(model_patcher) -> int:
+    """The pooled-vector width P a MODEL takes in its ADM input (SDXL: adm_in_channels - 6 x 256 = 1280), 0 for
+    models without one."""
+    import comfy.model_base
+
+    model = model_patcher.model
+    if not isinstance(model, comfy.model_base.SDXL):
+        return 0
+    return int(model.adm_channels) - 6 * 256
+
+
+def adm_vector(model_patcher, pooled: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """SDXL's ADM input y [B, adm] for pooled vectors [B, P] (gradients flow into them) and an image of
+    ``width`` x ``height`` pixels, uncropped (what ComfyUI's CLIP Text Encode implies: original = target size, crop
+    0; comfy.model_base.SDXL.encode_adm)."""
+    P = pooled.shape[-1]
+    with torch.no_grad():
+        tail = model_patcher.model.encode_adm(pooled_output=torch.zeros(1, P), width=int(width),
+                                              height=int(height))[:, P:]
+    return torch.cat([pooled, tail.to(pooled).expand(pooled.shape[0], -1)], 1)
 
 
 def text_embedding(model_patcher, cond) -> torch.Tensor:

@@ -28,7 +28,8 @@ from typing import Iterable, Optional
 import torch
 
 __all__ = ["encode", "sd_tokenizers", "vocab_of", "check_new_token", "embedding_width", "token_rows",
-           "clip_with_embeddings", "PromptEncoder", "route_tokenizer", "conditioning_options"]
+           "clip_with_embeddings", "PromptEncoder", "route_tokenizer", "conditioning_options", "encoders",
+           "split_vectors", "join_vectors"]
 
 
 def encode(clip, prompt: str):
@@ -90,22 +91,66 @@ def check_new_token(clip, token: str, what: str = "placeholder token") -> None:
                              "choose a new word, e.g. a made-up one such as 'sks_teapot' or '<v1>'")
 
 
-def _token_embedding(clip):
+def encoders(clip) -> list:
+    """[(token key, embedding key, width)] of the CLIP's text encoders, in the order their vectors are concatenated
+    (:func:`embedding_width`): SD1.x [("l", "clip_l", 768)], SD2.x [("h", "clip_h", 1024)], SDXL [("l", "clip_l",
+    768), ("g", "clip_g", 1280)]. The token key is the section of ``clip.tokenize``'s output, the embedding key the
+    tensor name of an embedding file for that encoder (A1111 / ComfyUI SDXL embeddings: clip_l and clip_g).
+    ValueError for a text encoder without CLIP-style token embeddings."""
     cm = clip.cond_stage_model
-    inner = getattr(cm, getattr(cm, "clip", "clip_l"), None)
-    tr = getattr(inner, "transformer", None)
-    if tr is None or not hasattr(tr, "get_input_embeddings"):
-        raise ValueError("this CLIP has no SD1.x-style transformer with token embeddings")
-    return tr.get_input_embeddings()
+    out = []
+    for attr, tok in sd_tokenizers(clip):
+        key = attr[len("clip_"):] if attr.startswith("clip_") else attr
+        tr = getattr(getattr(cm, attr, None), "transformer", None)
+        if tr is None or not hasattr(tr, "get_input_embeddings"):
+            raise ValueError("this CLIP has no SD1.x/SD2.x/SDXL-style transformer with token embeddings")
+        out.append((key, getattr(tok, "embedding_key", attr), int(tr.get_input_embeddings().weight.shape[-1])))
+    order = {"l": 0, "h": 1, "g": 2}
+    return sorted(out, key=lambda e: order.get(e[0], 9))
+
+
+def _token_embeddings(clip) -> list:
+    cm = clip.cond_stage_model
+    return [getattr(cm, f"clip_{key}").transformer.get_input_embeddings() for key, _, _ in encoders(clip)]
 
 
 def embedding_width(clip) -> int:
-    """Width of the CLIP token embeddings (768 for SD1.x)."""
-    return int(_token_embedding(clip).weight.shape[-1])
+    """Width of a new word's vector: the CLIP token-embedding width (768 for SD1.x, 1024 for SD2.x); for SDXL the
+    CLIP-L and bigG widths together (768 + 1280), the vector being the two encoders' vectors side by side
+    (:func:`split_vectors`)."""
+    return sum(w for _, _, w in encoders(clip))
+
+
+def split_vectors(clip, vectors: torch.Tensor):
+    """Vectors [n, embedding_width] as an embedding file holds them: the tensor itself for one encoder, or
+    {embedding key: [n, width]} for several (SDXL: {"clip_l": [n, 768], "clip_g": [n, 1280]}). ValueError for
+    another width."""
+    encs = encoders(clip)
+    total = sum(w for _, _, w in encs)
+    if vectors.shape[-1] != total:
+        raise ValueError(f"vectors of width {vectors.shape[-1]} do not fit this CLIP (its new-word vectors are "
+                         f"{total} wide)")
+    if len(encs) == 1:
+        return vectors
+    out, start = {}, 0
+    for _, ekey, w in encs:
+        out[ekey] = vectors[..., start:start + w]
+        start += w
+    return out
+
+
+def join_vectors(clip, parts: dict) -> torch.Tensor:
+    """Inverse of :func:`split_vectors` for several encoders: {embedding key: [n, width]} -> [n, total]. ValueError
+    naming the missing encoder."""
+    missing = [ekey for _, ekey, _ in encoders(clip) if ekey not in parts]
+    if missing:
+        raise ValueError(f"the embedding has no {', '.join(missing)} vectors (it has {', '.join(sorted(parts))})")
+    return torch.cat([parts[ekey].float().reshape(-1, w) for _, ekey, w in encoders(clip)], -1)
 
 
 def token_rows(clip, words: str, n: int) -> torch.Tensor:
-    """Initial vectors [n, width] from the token embeddings of ``words`` (float32, CPU, a copy).
+    """Initial vectors [n, embedding_width] from the token embeddings of ``words`` (float32, CPU, a copy; SDXL:
+    each encoder's rows of the same tokens, side by side).
 
     The words' BPE tokens are spread over the n vectors (vector i takes token i * k // n of the k tokens), so one
     word initialises every vector (the reference initialises from one token) and n words one vector each.
@@ -114,9 +159,12 @@ def token_rows(clip, words: str, n: int) -> torch.Tensor:
     if not ids:
         raise ValueError(f"the initializer {words!r} gives no tokens; give one or more ordinary words (e.g. "
                          "'teapot')")
-    weight = _token_embedding(clip).weight
-    with torch.inference_mode(False):
-        rows = weight[torch.tensor(ids, device=weight.device)].detach().float().cpu().clone()
+    parts = []
+    for emb in _token_embeddings(clip):
+        weight = emb.weight
+        with torch.inference_mode(False):
+            parts.append(weight[torch.tensor(ids, device=weight.device)].detach().float().cpu().clone())
+    rows = torch.cat(parts, -1)
     k = len(ids)
     return torch.stack([rows[i * k // n] for i in range(n)]).clone()
 
@@ -161,10 +209,11 @@ def clip_with_embeddings(clip, table: Optional[dict] = None, extra_dirs: Iterabl
                          bare_words: bool = False):
     """A clone of ``clip`` whose tokenizer knows more embeddings; the original CLIP is not changed.
 
-    table: word -> vectors [n, width] (or {embedding_key: [n, width]}); the word is usable as ``embedding:word`` in
+    table: word -> vectors [n, embedding_width] (SDXL: split per encoder, :func:`split_vectors`) or {embedding_key:
+    [n, width]}; the word is usable as ``embedding:word`` in
     prompts and, with ``bare_words``, also bare ("photo of a <v1> pot"). extra_dirs: embedding folders to add
     (ComfyUI's loader reads them). The clone's tokenizers are shallow copies (the vocabulary is shared)."""
-    table = {str(k): v for k, v in (table or {}).items()}
+    table = {str(k): (split_vectors(clip, v) if torch.is_tensor(v) else v) for k, v in (table or {}).items()}
     n = clip.clone()
     outer = copy.copy(clip.tokenizer)
     aliases = {word: _alias_file(word, vec) for word, vec in table.items()}
@@ -211,14 +260,25 @@ class PromptEncoder:
     :func:`clip_with_embeddings`) maps it to ``n`` marker rows (seeded random vectors nobody else uses), and
     :meth:`encode` swaps those rows for the rows of the trainable tensor before ComfyUI's own ``encode_from_tokens``
     runs. So training sees exactly the conditioning ComfyUI computes later for ``embedding:<name>`` (same token
-    positions, same clip skip, same text-encoder patches). Token lists are cached per prompt text."""
+    positions, same clip skip, same text-encoder patches). Token lists are cached per prompt text.
 
-    def __init__(self, clip, name: str, n_vectors: int, width: int):
+    SDXL: the trainable vectors are [n, 768 + 1280]; each encoder's token section gets its own slice (CLIP-L the
+    first 768 entries, bigG the rest), as the clip_l / clip_g tensors of an SDXL embedding file. ``pooled`` > 0 (the
+    model's pooled width, comfy_bridge.sampling.pooled_width: SDXL's UNet also takes the pooled bigG output):
+    :meth:`encode` returns [1, T + 1, D], the pooled vector in the first entries of the last row, the layout of
+    comfy_bridge.sampling.text_embedding (the training session splits it again)."""
+
+    def __init__(self, clip, name: str, n_vectors: int, width: int, pooled: int = 0):
         self.name = name
         self.n = int(n_vectors)
+        self.pooled = int(pooled)
         gen = torch.Generator().manual_seed(0x5EED)
         self.marker = torch.randn(self.n, width, generator=gen) * 3.0 + 7.0
         self.clip = clip_with_embeddings(clip, {name: self.marker})
+        self.slices, start = {}, 0
+        for key, _, w in encoders(clip):
+            self.slices[key] = slice(start, start + w)
+            start += w
         self._cache: dict = {}
 
     def placeholder(self) -> str:
@@ -230,20 +290,21 @@ class PromptEncoder:
             tokens = self.clip.tokenize(text)
             pos = []
             for key, chunks in tokens.items():
+                marker = self.marker[:, self.slices.get(key, slice(None))]
                 for ci, chunk in enumerate(chunks):
                     for ti, item in enumerate(chunk):
                         t = item[0]
-                        if torch.is_tensor(t) and t.shape == self.marker[0].shape:
+                        if torch.is_tensor(t) and t.shape == marker[0].shape:
                             for row in range(self.n):
-                                if torch.equal(t.float().cpu(), self.marker[row]):
+                                if torch.equal(t.float().cpu(), marker[row]):
                                     pos.append((key, ci, ti, row))
                                     break
             self._cache[text] = (tokens, pos)
         return self._cache[text]
 
     def encode(self, text: str, vectors: Optional[torch.Tensor]) -> torch.Tensor:
-        """Conditioning [1, T, D] of ``text`` with the placeholder rows taken from ``vectors`` [n, width] (which
-        may require grad); ``vectors`` None for a prompt without the placeholder."""
+        """Conditioning [1, T, D] ([1, T + 1, D] with ``pooled``) of ``text`` with the placeholder rows taken from
+        ``vectors`` [n, width] (which may require grad); ``vectors`` None for a prompt without the placeholder."""
         tokens, pos = self.tokens(text)
         if pos and vectors is None:
             raise ValueError("this prompt contains the placeholder; vectors are needed")
@@ -251,5 +312,10 @@ class PromptEncoder:
             tokens = {k: [list(c) for c in v] for k, v in tokens.items()}
             for key, ci, ti, row in pos:
                 item = tokens[key][ci][ti]
-                tokens[key][ci][ti] = (vectors[row],) + tuple(item[1:])
-        return self.clip.encode_from_tokens(tokens)
+                tokens[key][ci][ti] = (vectors[row, self.slices.get(key, slice(None))],) + tuple(item[1:])
+        if not self.pooled:
+            return self.clip.encode_from_tokens(tokens)
+        cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        row = torch.cat([pooled.reshape(1, 1, -1).to(cond),
+                         cond.new_zeros(1, 1, cond.shape[-1] - pooled.shape[-1])], -1)
+        return torch.cat([cond, row], 1)

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .progress import is_interrupt, throw_if_interrupted
-from .sampling import make_weights_autograd_safe
+from .sampling import adm_vector, make_weights_autograd_safe, model_pooled_width
 
 __all__ = ["TrainingSession", "training_clone", "add_delta_wrappers", "add_lora_adapters", "weight_keys",
            "base_weight", "diffusers_key_map", "lora_patches", "encode_images", "vae_factor", "model_latent",
@@ -102,6 +102,7 @@ class TrainingSession(contextlib.AbstractContextManager):
         self._stack = contextlib.ExitStack()
         self._patched: list = []
         self._hooks: list = []
+        self._pooled = 0
 
     @property
     def device(self):
@@ -119,9 +120,10 @@ class TrainingSession(contextlib.AbstractContextManager):
 
         self._stack.enter_context(torch.inference_mode(False))
         self._stack.enter_context(torch.enable_grad())
-        if has_adm(self.mp):
-            raise ValueError("this model needs extra (ADM) conditioning, e.g. SDXL; concept training supports "
-                             "SD1.x-style models")
+        self._pooled = model_pooled_width(self.mp)
+        if has_adm(self.mp) and not self._pooled:
+            raise ValueError("this model needs extra (ADM) conditioning other than SDXL's; concept training supports "
+                             "SD1.x, SD2.x and SDXL models")
         models = [self.mp] + ([self.clip.patcher] if self.clip is not None else [])
         mm.load_models_gpu(models, force_full_load=True)  # both at once: neither evicts the other later
         make_weights_autograd_safe(self.mp.model.diffusion_model)
@@ -165,8 +167,19 @@ class TrainingSession(contextlib.AbstractContextManager):
     # -- the training.fit.Session protocol
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The model's denoised estimate x0 of VE latents x_t [B, C, h, w] at noise levels sigma [B] with text
-        conditioning context [B, T, D] (gradients flow through context and the trained weight changes)."""
-        return self.mp.model.apply_model(x_t, sigma, c_crossattn=context)
+        conditioning context [B, T, D] (gradients flow through context and the trained weight changes). SDXL:
+        context [B, T + 1, D] whose last row holds the pooled vector (comfy_bridge.text.PromptEncoder with
+        ``pooled``); the ADM input is built from it for an uncropped image of the latent's size (8 pixels per latent
+        pixel, as ComfyUI's conditioning defaults)."""
+        extra = {}
+        if self._pooled:
+            if context.shape[1] % 77 != 1:
+                raise ValueError(f"this SDXL model needs the pooled text vector as the last context row (77 k + 1 "
+                                 f"rows), got {context.shape[1]} rows")
+            h, w = x_t.shape[-2:]
+            extra["y"] = adm_vector(self.mp, context[:, -1, :self._pooled], w * 8, h * 8)
+            context = context[:, :-1]
+        return self.mp.model.apply_model(x_t, sigma, c_crossattn=context, **extra)
 
     def grad_scaler(self):
         """A loss scaler against fp16 gradient underflow: active when the UNet computes in float16 on a CUDA

@@ -23,8 +23,8 @@ from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
 from ..training.common import loss_plot
 from ..training.fit import TrainingInterrupted
-from .common import (CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder,
-                     supported)
+from .common import (CATEGORY, EDIT_FAMILIES, Progress, check_finite_result, finite, model_file_path,
+                     register_model_folder, supported)
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
 ImagicType = io.Custom("AE_IMAGIC")
@@ -89,7 +89,8 @@ def optimize_embedding(model, vae, image, target, name: str = "imagic", steps: i
     mp = bridge_training.training_clone(model)
     with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
         return im.optimize_embedding(sess, x0, latent, e_tgt, pooled, steps=steps, learning_rate=learning_rate,
-                                     seed=seed, name=name, progress=progress)
+                                     seed=seed, name=name, progress=progress,
+                                     pooled_width=bridge_sampling.model_pooled_width(model))
 
 
 def finetune(model, imagic, mode: str = "lora", rank: int = 8, steps: int = 500, learning_rate=None, seed: int = 0,
@@ -101,6 +102,7 @@ def finetune(model, imagic, mode: str = "lora", rank: int = 8, steps: int = 500,
     if mode == "lora" and int(rank) < 1:
         raise ValueError(f"the LoRA rank must be at least 1, got {rank}")
     im.target_embedding([[imagic.e_opt, {}]], bridge_training.context_dim(model), "optimised embedding (e_opt)")
+    check_imagic_model(imagic, model)
     im.check_latent_channels(imagic.photo_latent, bridge_sampling.latent_channels(model))
     x0 = bridge_training.model_latent(model, imagic.photo_latent)
     keys = im.trained_keys(bridge_training.weight_keys(model), mode)
@@ -113,6 +115,17 @@ def finetune(model, imagic, mode: str = "lora", rank: int = 8, steps: int = 500,
     with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
         return im.finetune(sess, x0, imagic, params, constants, mode=mode, rank=rank, steps=steps,
                            learning_rate=learning_rate, seed=seed, progress=progress, trained_tensors=len(keys))
+
+
+def check_imagic_model(imagic, model) -> None:
+    """ValueError when an Imagic result was made for a model that takes a pooled text vector (SDXL) and ``model``
+    does not, or the other way round."""
+    want, have = imagic.pooled_width, bridge_sampling.model_pooled_width(model)
+    if want != have:
+        made = "an SDXL model" if want else "a model without pooled text conditioning (SD1.x / SD2.x)"
+        raise ValueError(f"this Imagic result was made with {made}, but the MODEL connected here "
+                         f"{'takes a pooled text vector (SDXL)' if have else 'does not take one'}: use the "
+                         "checkpoint of step 1")
 
 
 def apply_imagic(model, imagic_or_unet, strength: float = 1.0, what: str = "the Imagic result"):
@@ -190,7 +203,7 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
     def execute(cls, model, vae, image, target, name, steps, learning_rate, seed,
                 gradient_checkpointing) -> io.NodeOutput:
         finite("Imagic 1: Optimise Embedding", learning_rate=learning_rate)
-        supported("Imagic 1: Optimise Embedding", model)
+        supported("Imagic 1: Optimise Embedding", model, EDIT_FAMILIES)
         name = files.validate_name(name, "name")
         files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
@@ -266,7 +279,7 @@ class AE_ImagicFineTune(io.ComfyNode):
     def execute(cls, model, imagic, train, rank, steps, learning_rate, seed, gradient_checkpointing,
                 name="") -> io.NodeOutput:
         finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
-        supported("Imagic 2: Fine-tune Model", model)
+        supported("Imagic 2: Fine-tune Model", model, EDIT_FAMILIES)
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
         name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
@@ -409,9 +422,10 @@ class AE_ImagicLoad(io.ComfyNode):
     @classmethod
     def execute(cls, model, imagic_file, strength) -> io.NodeOutput:
         finite("Load Imagic", strength=strength)
-        supported("Load Imagic", model)
+        supported("Load Imagic", model, EDIT_FAMILIES)
         res = load_imagic(_imagic_path(imagic_file))
         im.target_embedding([[res.e_opt, {}]], bridge_training.context_dim(model), f"embedding in {imagic_file!r}")
+        check_imagic_model(res, model)
         out = apply_imagic(model, res, strength, what=f"Imagic file {imagic_file!r}")
         return io.NodeOutput(out, res, res.stage)
 

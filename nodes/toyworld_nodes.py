@@ -11,6 +11,10 @@ from ..comfy_bridge import models as sd1x
 SHIPPED = "toyworld (shipped)"
 RANDOM = "random (untrained test model)"
 RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
+RANDOM_SDXL = "random SDXL (untrained test model)"
+#: the random test models of the loader, by choice
+RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl"}
+CHOICES = [SHIPPED, RANDOM, RANDOM_SD2_V, RANDOM_SDXL]
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
                             "toyworld.safetensors")
 
@@ -27,13 +31,13 @@ def load_toyworld(weights: str = SHIPPED, seed: int = 0):
         if key not in _CACHE:
             _CACHE[key] = sd1x.load_weights(WEIGHTS_PATH)
         mp, clip, vae = _CACHE[key]
-    elif weights in (RANDOM, RANDOM_SD2_V):
+    elif weights in RANDOM_CONFIGS:
         key = (weights, int(seed))
         if key not in _CACHE:
-            _CACHE[key] = sd1x.build_sd1x(sd1x.TINY_TEST if weights == RANDOM else sd1x.TINY_SD2_V, seed=int(seed))
+            _CACHE[key] = sd1x.build_sd1x(sd1x.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
         mp, clip, vae = _CACHE[key]
     else:
-        raise ValueError(f"unknown weights choice {weights!r}; expected one of {[SHIPPED, RANDOM, RANDOM_SD2_V]}")
+        raise ValueError(f"unknown weights choice {weights!r}; expected one of {CHOICES}")
     return mp.clone(), clip.clone(), vae
 
 
@@ -48,14 +52,16 @@ class AE_ToyWorldLoader(io.ComfyNode):
                 "Loads ToyWorld: a small Stable Diffusion 1.x-architecture model (UNet, CLIP text encoder with the "
                 "real SD1 tokenizer, VAE) trained on 64x64 images of coloured shapes, e.g. 'a big red circle on "
                 "the left on white'. It runs in seconds on a CPU; use a 64x64 Empty Latent Image (8x8 latent). "
-                "'random' builds an untrained tiny model for tests (SD1.x, or SD2.x v-prediction)."),
+                "'random' builds an untrained tiny model for tests (SD1.x, SD2.x v-prediction or SDXL)."),
             inputs=[
-                io.Combo.Input("weights", options=[SHIPPED, RANDOM, RANDOM_SD2_V], default=SHIPPED,
+                io.Combo.Input("weights", options=CHOICES, default=SHIPPED,
                                tooltip="toyworld (shipped): the trained weights that come with the pack. "
                                        "random (untrained test model): a tiny model with seeded random weights "
                                        "(TINY_TEST config), for tests and CI; it draws noise. random SD2.x "
                                        "v-prediction: the same size built from ComfyUI's SD2.x classes (OpenCLIP-H "
-                                       "tokenizer, v-prediction), for tests of the SD2.x path."),
+                                       "tokenizer, v-prediction), for tests of the SD2.x path. random SDXL: built "
+                                       "from ComfyUI's SDXL classes (CLIP-L + bigG, pooled and size conditioning; "
+                                       "use 128x128 images), for tests of the SDXL path."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                              tooltip="Only for the random test model: the seed of its weight initialisation."),
             ],

@@ -16,14 +16,15 @@ from comfy_api.latest import io, ui
 
 from ..comfy_bridge import files
 from ..comfy_bridge import progress as bridge_progress
+from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge import training as bridge_training
 from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
 from ..training.common import TEMPLATES, build_pool, collect_images, loss_plot, prepare_pixels
 from ..training.fit import TrainingInterrupted
-from .common import (CATEGORY, Progress, check_finite_result, finite, model_file_path, register_model_folder,
-                     supported)
+from .common import (CATEGORY, EDIT_FAMILIES, Progress, check_finite_result, finite, model_file_path,
+                     register_model_folder, supported)
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
 CONCEPTS = "attention_edit_concepts"
@@ -100,7 +101,7 @@ def textual_inversion(model, clip, vae, images, name: str, initializer: str, num
     init = bridge_text.token_rows(clip, initializer, num_vectors)
     pixels = _pixels(images, resolution, vae)
     pool = _pool(pixels, vae, model, "flip", 2, seed)
-    enc = bridge_text.PromptEncoder(clip, name, num_vectors, width)
+    enc = bridge_text.PromptEncoder(clip, name, num_vectors, width, bridge_sampling.model_pooled_width(model))
     settings = dict(initializer=initializer, resolution=int(resolution), images=int(pixels.shape[0]),
                     image_size=list(pixels.shape[-2:]))
     mp = bridge_training.training_clone(model)
@@ -110,9 +111,11 @@ def textual_inversion(model, clip, vae, images, name: str, initializer: str, num
                                           weight_decay=weight_decay, settings=settings)
 
 
-def save_embedding(folder: str, result: ti.TIResult) -> str:
+def save_embedding(folder: str, result: ti.TIResult, clip=None) -> str:
+    """Writes the embedding file (SDXL: clip_l and clip_g tensors, from ``clip``'s encoders)."""
     path = files.file_in_folder(folder, files.validate_name(result.name, "embedding name") + ".safetensors")
-    return files.save_safetensors(path, *ti.embedding_file(result))
+    layout = [(ekey, w) for _, ekey, w in bridge_text.encoders(clip)] if clip is not None else None
+    return files.save_safetensors(path, *ti.embedding_file(result, layout=layout))
 
 
 def custom_diffusion(model, clip, vae, images, modifier_token: str = "<v1>", class_noun: str = "object",
@@ -134,9 +137,10 @@ def custom_diffusion(model, clip, vae, images, modifier_token: str = "<v1>", cla
     if class_images is not None and (not isinstance(class_images, (list, tuple)) or len(class_images) > 0):
         cpx = _pixels(class_images, 0, vae, "class images", size=tuple(pixels.shape[-2:]))
         class_pool = _pool(cpx, vae, model, "flip", 2, seed + 1)
-    enc = bridge_text.PromptEncoder(clip, token, 1, width)
+    enc = bridge_text.PromptEncoder(clip, token, 1, width, bridge_sampling.model_pooled_width(model))
     settings = dict(initializer=initializer, mode=mode, resolution=int(resolution), augment=bool(augment),
-                    images=int(pixels.shape[0]), image_size=list(pixels.shape[-2:]))
+                    images=int(pixels.shape[0]), image_size=list(pixels.shape[-2:]),
+                    text_encoders=[[ekey, w] for _, ekey, w in bridge_text.encoders(clip)])
     mp = bridge_training.training_clone(model)
     deltas = bridge_training.add_delta_wrappers(mp, model, keys)
     with bridge_training.TrainingSession(mp, enc.clip, gradient_checkpointing) as sess:
@@ -174,7 +178,8 @@ def load_concept(path: str) -> cd.Concept:
 
 
 def _sibling_token_files(path: str) -> list:
-    """The contents of the other .safetensors / .bin files next to a diffusers weights file (token files)."""
+    """(tensors, token name) of the other .safetensors / .bin files next to a diffusers weights file (token files;
+    the name is a safetensors file's ``token`` metadata, else its stem)."""
     out = []
     folder = os.path.dirname(path)
     for f in sorted(os.listdir(folder)):
@@ -182,11 +187,15 @@ def _sibling_token_files(path: str) -> list:
         if p == path or not os.path.isfile(p) or not f.endswith((".safetensors", ".bin")):
             continue
         try:
-            out.append(files.read_safetensors(p, "token file", check_finite=False)[0] if f.endswith(".safetensors")
-                       else files.read_tensor_file(p, "token file", check_finite=False))
+            if f.endswith(".safetensors"):
+                sd, meta = files.read_safetensors(p, "token file", check_finite=False)
+            else:
+                sd, meta = files.read_tensor_file(p, "token file", check_finite=False), {}
         except ValueError:
             continue
-    return [sd for sd in out if isinstance(sd, dict)]
+        if isinstance(sd, dict):
+            out.append((sd, meta.get("token") or os.path.splitext(f)[0]))
+    return out
 
 
 def resolve_concept(concept: cd.Concept, model, clip=None, what: str = "the concept file"):
@@ -204,12 +213,25 @@ def apply_concept(model, clip, deltas: dict, tokens: dict, strength: float = 1.0
     return m, c
 
 
-def export_diffusers(out_dir: str, model, deltas: dict, tokens: dict) -> list:
-    """Writes the diffusers format (training.custom_diffusion.diffusers_files) into ``out_dir``; returns the
-    paths."""
+def concept_layout(concept) -> list | None:
+    """The text encoders [(tensor name, width)] a concept's tokens were trained for (recorded in its metadata;
+    None for concepts that do not say: one encoder)."""
+    import json
+
+    raw = (concept.metadata or {}).get("train.text_encoders")
+    try:
+        layout = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    return [(str(k), int(w)) for k, w in layout] if layout else None
+
+
+def export_diffusers(out_dir: str, model, deltas: dict, tokens: dict, layout=None) -> list:
+    """Writes the diffusers format (training.custom_diffusion.diffusers_files; with a ``layout`` of several text
+    encoders, SDXL, the token files in the clip_l / clip_g format) into ``out_dir``; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
-    return [files.save_safetensors(files.file_in_folder(out_dir, fname), tensors)
-            for fname, tensors in cd.diffusers_files(bridge_training.UNetFacts(model), deltas, tokens)]
+    return [files.save_safetensors(files.file_in_folder(out_dir, fname), tensors, meta)
+            for fname, tensors, meta in cd.diffusers_files(bridge_training.UNetFacts(model), deltas, tokens, layout)]
 
 
 class AE_TrainTextualInversion(io.ComfyNode):
@@ -227,7 +249,7 @@ class AE_TrainTextualInversion(io.ComfyNode):
             is_input_list=True,
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x); it is not changed."),
+                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x, SD2.x or SDXL); it is not changed."),
                 io.Clip.Input("clip", tooltip="Its text encoder; it is not changed (the output CLIP is a clone)."),
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the reference pictures once."),
                 io.Image.Input("images", tooltip="3-5 pictures of the concept: an IMAGE batch, or the list from "
@@ -275,7 +297,7 @@ class AE_TrainTextualInversion(io.ComfyNode):
                 seed, templates, resolution, gradient_checkpointing) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
         finite("Train Textual Inversion", learning_rate=_one(learning_rate))
-        supported("Train Textual Inversion", model)
+        supported("Train Textual Inversion", model, EDIT_FAMILIES)
         name = files.validate_name(_one(name), "name")
         folder = embeddings_dir()
         path = files.file_in_folder(folder, name + ".safetensors")
@@ -289,11 +311,11 @@ class AE_TrainTextualInversion(io.ComfyNode):
         except TrainingInterrupted as stop:
             if stop.result.steps_done > 0:
                 check_finite_result("Train Textual Inversion", {"vectors": stop.result.vectors}, "lower learning_rate")
-                save_embedding(folder, stop.result)
+                save_embedding(folder, stop.result, clip)
             raise bridge_progress.interrupted_error(str(stop)) from None
         check_finite_result("Train Textual Inversion", {"vectors": res.vectors},
                             f"Lower learning_rate (now {_one(learning_rate)}).")
-        save_embedding(folder, res)
+        save_embedding(folder, res, clip)
         plot = loss_plot(res.losses, f"textual inversion '{name}': probe loss {res.probe_before:.4f} -> "
                                      f"{res.probe_after:.4f}")
         out_clip = bridge_text.clip_with_embeddings(clip, extra_dirs=[folder])
@@ -316,7 +338,7 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
             is_input_list=True,
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x); it is not changed."),
+                io.Model.Input("model", tooltip="The diffusion model of the graph (SD1.x, SD2.x or SDXL); it is not changed."),
                 io.Clip.Input("clip", tooltip="Its text encoder; it is not changed."),
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the pictures once."),
                 io.Image.Input("images", tooltip="3-5 pictures of the concept (IMAGE batch or a list from Load Image "
@@ -375,7 +397,7 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
                 class_images=None) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
         finite("Train Custom Diffusion", learning_rate=_one(learning_rate), prior_loss_weight=_one(prior_loss_weight))
-        supported("Train Custom Diffusion", model)
+        supported("Train Custom Diffusion", model, EDIT_FAMILIES)
         name = files.validate_name(_one(name), "name")
         folder = concepts_dir()
         files.file_in_folder(folder, name + ".safetensors")
@@ -440,7 +462,7 @@ class AE_LoadCustomDiffusion(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, concept, strength) -> io.NodeOutput:
         finite("Load Custom Diffusion Concept", strength=strength)
-        supported("Load Custom Diffusion Concept", model)
+        supported("Load Custom Diffusion Concept", model, EDIT_FAMILIES)
         path = _concept_path(concept)
         c = load_concept(path)
         deltas, tokens = resolve_concept(c, model, clip, what=f"concept {concept!r}")
@@ -474,14 +496,14 @@ class AE_ExportCustomDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concept, folder) -> io.NodeOutput:
-        supported("Export Custom Diffusion (diffusers)", model)
+        supported("Export Custom Diffusion (diffusers)", model, EDIT_FAMILIES)
         path = _concept_path(concept)
         stem = os.path.splitext(os.path.basename(concept))[0]
         name = files.validate_name(folder.strip() or stem, "folder name")
         out_dir = files.file_in_folder(files.output_subdir("custom_diffusion"), name)
         c = load_concept(path)
         deltas, tokens = resolve_concept(c, model, None, what=f"concept {concept!r}")
-        export_diffusers(out_dir, model, deltas, tokens)
+        export_diffusers(out_dir, model, deltas, tokens, layout=concept_layout(c))
         return io.NodeOutput(out_dir, ui={"text": [out_dir]})
 
 

@@ -7,7 +7,7 @@ import torch
 from attention_edit.attention import adapedit
 from attention_edit.attention.recipe import DPSSpec, EditSpec, build_controller, fwt_schedule
 from attention_edit.comfy_bridge.sampling import invert
-from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+from attention_edit.comfy_bridge.models import build_sd1x
 from attention_edit.comfy_bridge.sampling import edit
 from attention_edit.comfy_bridge.sampling import replay_schedule
 
@@ -71,9 +71,11 @@ def test_dps_interpolation_limits():
     assert torch.allclose(adapedit.dps_interpolate(m, ms, torch.ones(9), 1.0), ms)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    m, clip, vae = build_sd1x(TINY_TEST, seed=0)
+@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v", "tiny_sdxl"], ids=["sd1", "sd2_v", "sdxl"])
+def setup(request):
+    from attention_edit.comfy_bridge.models import CONFIGS
+
+    m, clip, vae = build_sd1x(CONFIGS[request.param], seed=0)
     from attention_edit.headless.photos import photo
 
     with torch.no_grad():
@@ -147,12 +149,14 @@ def test_fwt_schedule_from_a_run_feeds_p2p(setup):
     assert torch.isfinite(again).all()
 
 
-def test_nodes_in_comfyui(comfy):
+@pytest.mark.parametrize("weights", ["random (untrained test model)", "random SD2.x v-prediction (untrained test model)",
+                                     "random SDXL (untrained test model)"], ids=["sd1", "sd2_v", "sdxl"])
+def test_nodes_in_comfyui(comfy, weights):
     from attention_edit.headless.photos import save_input_photo
 
     img = save_input_photo("cat", 64)
     g = {
-        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": "random (untrained test model)", "seed": 0}},
+        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": weights, "seed": 0}},
         "2": {"class_type": "LoadImage", "inputs": {"image": img}},
         "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
         "4": {"class_type": "AE_InvertImage", "inputs": {

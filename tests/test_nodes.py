@@ -4,9 +4,10 @@ import torch
 
 RANDOM = "random (untrained test model)"
 RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
+RANDOM_SDXL = "random SDXL (untrained test model)"
 SOURCE = "a photo of a cat"
 #: the model families the inversion / P2P nodes run on, as tiny models from the loader node
-FAMILIES = pytest.mark.parametrize("weights", [RANDOM, RANDOM_SD2_V], ids=["sd1", "sd2_v"])
+FAMILIES = pytest.mark.parametrize("weights", [RANDOM, RANDOM_SD2_V, RANDOM_SDXL], ids=["sd1", "sd2_v", "sdxl"])
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,9 @@ def base_graph(image_name, method="ddim", steps=4, scheduler="p2p_ddim", weights
 
 @FAMILIES
 def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, image_name, weights):
-    """Feature off: the reconstruction equals core SamplerCustom (euler = DDIM) from the same x_T, bit for bit (SD1.x
-    and SD2.x v-prediction)."""
+    """Feature off: the reconstruction equals core SamplerCustom (euler = DDIM) from the same x_T, bit for bit (SD1.x,
+    SD2.x v-prediction and SDXL: there the negative's pooled vector and size conditioning come from its own
+    CLIP Text Encode, as the null-text rows' do)."""
     g = base_graph(image_name, scheduler="normal", weights=weights)
     g.update({
         "5": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0]}},
@@ -52,7 +54,8 @@ def test_sampler_without_edit_is_bit_identical_to_core_sampler_custom(comfy, ima
 
 @FAMILIES
 def test_save_and_load_inversion_round_trip(comfy, image_name, weights):
-    """Null-text inversion, a word swap, save and load (SD1.x and SD2.x v-prediction)."""
+    """Null-text inversion, a word swap, save and load (SD1.x, SD2.x v-prediction, SDXL); the file records the
+    model family and prediction, and an edit with a model of another family is refused before any work."""
     g = base_graph(image_name, method="null_text", steps=3, weights=weights)
     g.update({
         "5": {"class_type": "AE_SaveInversion", "inputs": {"inversion": ["4", 0], "filename_prefix": "cat"}},
@@ -74,6 +77,15 @@ def test_save_and_load_inversion_round_trip(comfy, image_name, weights):
     inv_a, inv_b = res.value("4", 0), res2.value("8", 0)
     assert inv_a.source_prompt == inv_b.source_prompt and inv_a.method == inv_b.method == "null_text"
     assert all(torch.equal(a, b) for a, b in zip(inv_a.uncond, inv_b.uncond))
+    family = {RANDOM: "sd1", RANDOM_SD2_V: "sd2", RANDOM_SDXL: "sdxl"}[weights]
+    assert (inv_b.family, inv_b.prediction) == (family, "v" if weights == RANDOM_SD2_V else "eps")
+    other = RANDOM_SDXL if weights != RANDOM_SDXL else RANDOM
+    g2["1"] = {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": other, "seed": 0}}
+    with pytest.raises(comfy.WorkflowExecutionError) as e:
+        comfy.run_workflow(g2, outputs=["9"])
+    shown = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+    assert (f"Prompt-to-Prompt Edit Sampler: this inversion was made with an {shown[family]} model but the MODEL "
+            f"connected here is {'SDXL' if other == RANDOM_SDXL else 'SD1.x'}") in str(e.value), str(e.value)
 
 
 @FAMILIES
@@ -164,17 +176,22 @@ def test_invert_images_batch_node_refuses_a_prompt_count_that_does_not_match(com
         comfy.run_workflow(g, outputs=["13"])
 
 
-def test_sd2_model_is_taken_by_the_edit_nodes_and_refused_by_the_sd1_only_ones(comfy):
-    """The per-node family check: an SD2.x v-prediction MODEL passes the inversion / P2P check and is refused, with
-    its family and what is supported named, by a node that is SD1.x-only in this version (training, Imagic)."""
-    from attention_edit.comfy_bridge.models import model_family, prediction_type, require_supported
-    from attention_edit.nodes.common import SD1_SD2
+def test_sd2_and_sdxl_models_are_taken_and_flux_is_refused_naming_all_three(comfy):
+    """The per-node family check: SD2.x v-prediction and SDXL MODELs pass it, a Flux MODEL is refused with its
+    family and the three supported families named."""
+    from attention_edit.comfy_bridge.models import build_tiny_flux_model, model_family, prediction_type, \
+        require_supported
+    from attention_edit.nodes.common import EDIT_FAMILIES
     from attention_edit.nodes.toyworld_nodes import load_toyworld
 
     sd2, _, _ = load_toyworld(RANDOM_SD2_V)
+    xl, _, _ = load_toyworld(RANDOM_SDXL)
     assert (model_family(sd2), prediction_type(sd2)) == ("sd2", "v")
-    require_supported("Invert Image", sd2, SD1_SD2)
+    assert (model_family(xl), prediction_type(xl)) == ("sdxl", "eps")
+    for m in (sd2, xl):
+        require_supported("Train Custom Diffusion", m, EDIT_FAMILIES)
     with pytest.raises(ValueError) as e:
-        require_supported("Train Custom Diffusion", sd2)
+        require_supported("Train Custom Diffusion", build_tiny_flux_model(), EDIT_FAMILIES)
     msg = str(e.value)
-    assert msg.startswith("Train Custom Diffusion: this MODEL is SD2.x") and "SD1.x checkpoints" in msg, msg
+    assert msg.startswith("Train Custom Diffusion: this MODEL is Flux") and "SD1.x checkpoints" in msg and \
+        "SD2.x checkpoints" in msg and "SDXL checkpoints" in msg, msg

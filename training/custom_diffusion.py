@@ -286,8 +286,15 @@ def _param_to_proc(k: str) -> str:
     return f"{head}.attn2.processor.{part}_custom_diffusion.{rest}"
 
 
+#: the encoder tensors of an SDXL-format token file, in the order their vectors are concatenated
+SDXL_TOKEN_KEYS = ("clip_l", "clip_g")
+
+
 def is_token_file(tensors: dict) -> bool:
-    """True for a diffusers token file: exactly one 1-D or 2-D tensor under a token name ({"<new1>": [width]})."""
+    """True for a token file: diffusers' {"<new1>": [width]} (exactly one 1-D or 2-D tensor under a token name), or
+    the SDXL embedding format {"clip_l": [n, 768], "clip_g": [n, 1280]} the pack exports for SDXL concepts."""
+    if set(tensors) == set(SDXL_TOKEN_KEYS):
+        return all(torch.is_tensor(v) and v.ndim in (1, 2) for v in tensors.values())
     if len(tensors) != 1:
         return False
     (k, v), = tensors.items()
@@ -295,12 +302,21 @@ def is_token_file(tensors: dict) -> bool:
 
 
 def token_file_tokens(token_files: list) -> dict:
-    """{token: [n, width]} of diffusers token files' tensors (each {"<new1>": [width]})."""
+    """{token: [n, width]} of token files; each entry is a file's tensors, or (tensors, token name) where the
+    file does not name its token itself (the SDXL format: the name is the file's ``token`` metadata or stem; its
+    clip_l and clip_g vectors side by side, as the pack's SDXL concepts hold them)."""
     out = {}
-    for sd in token_files:
-        if is_token_file(sd):
-            (k, v), = sd.items()
-            out[k] = v.float().reshape(-1, v.shape[-1])
+    for entry in token_files:
+        sd, name = entry if isinstance(entry, tuple) else (entry, None)
+        if not is_token_file(sd):
+            continue
+        if set(sd) == set(SDXL_TOKEN_KEYS):
+            if name:
+                parts = [sd[k].float().reshape(-1, sd[k].shape[-1]) for k in SDXL_TOKEN_KEYS]
+                out[name] = torch.cat(parts, -1)
+            continue
+        (k, v), = sd.items()
+        out[k] = v.float().reshape(-1, v.shape[-1])
     return out
 
 
@@ -404,11 +420,15 @@ def resolve_concept(concept: Concept, unet, width: Optional[int] = None, what: s
     return out, tokens
 
 
-def diffusers_files(unet, deltas: dict, tokens: dict) -> list:
-    """The diffusers format as [(file name, tensors)]: ``pytorch_custom_diffusion_weights.safetensors`` (FULL
-    weights W_base + dW under processor keys) and one ``<token>.safetensors`` = {token: [width]} per token (file
-    name without characters that are not letters, digits, '_', '-'). ValueError for a key without a diffusers
-    Custom Diffusion counterpart."""
+def diffusers_files(unet, deltas: dict, tokens: dict, layout: Optional[list] = None) -> list:
+    """The diffusers format as [(file name, tensors, metadata)]: ``pytorch_custom_diffusion_weights.safetensors``
+    (FULL weights W_base + dW under processor keys) and one ``<token>.safetensors`` per token (file name without
+    characters that are not letters, digits, '_', '-'; metadata ``token``): {token: [width]} as diffusers'
+    train_custom_diffusion.py saves it, or, for a text side of several encoders (``layout`` [(tensor name,
+    width)], SDXL: clip_l 768 + clip_g 1280), the SDXL embedding format {"clip_l": [n, 768], "clip_g": [n, 1280]}:
+    diffusers has no SDXL Custom Diffusion trainer, and this is the file diffusers' ``load_textual_inversion``
+    (one encoder at a time), A1111 and ComfyUI read for SDXL. ValueError for a key without a diffusers Custom
+    Diffusion counterpart."""
     inv = {v: k for k, v in unet.diffusers_map().items()}
     procs = {}
     for key, d in deltas.items():
@@ -418,10 +438,19 @@ def diffusers_files(unet, deltas: dict, tokens: dict) -> list:
         with torch.inference_mode(False):
             base = unet.base_weight(key).float().cpu()
             procs[_param_to_proc(name)] = base + d.float().cpu()
-    files = [(DIFFUSERS_WEIGHTS_NAME, procs)]
+    files = [(DIFFUSERS_WEIGHTS_NAME, procs, {})]
     for tok, v in tokens.items():
         fname = re.sub(r"[^A-Za-z0-9_\-]", "", tok) or "token"
         vec = v.float().reshape(-1, v.shape[-1])
+        if layout and len(layout) > 1:
+            if sum(int(w) for _, w in layout) != vec.shape[-1]:
+                raise ValueError(f"token {tok!r} is {vec.shape[-1]} wide, the encoders {layout} are not")
+            parts, start = {}, 0
+            for key, w in layout:
+                parts[key] = vec[:, start:start + int(w)].contiguous()
+                start += int(w)
+            files.append((fname + ".safetensors", parts, {"token": tok}))
+            continue
         vec = vec[0] if vec.shape[0] == 1 else vec
-        files.append((fname + ".safetensors", {tok: vec}))
+        files.append((fname + ".safetensors", {tok: vec}, {"token": tok}))
     return files

@@ -104,8 +104,13 @@ class Imagic:
         return "finetuned" if self.unet else "embedding"
 
     @property
+    def pooled_width(self) -> int:
+        """P > 0 when e_tgt / e_opt carry the pooled text vector as a last row (SDXL, :func:`pack`), else 0."""
+        return int(self.metadata.get("pooled_width", 0) or 0)
+
+    @property
     def tokens(self) -> int:
-        return int(self.e_tgt.shape[1])
+        return int(self.e_tgt.shape[1]) - (1 if self.pooled_width else 0)
 
     def distance(self) -> dict:
         """How far e_opt moved from e_tgt: relative L2 distance ||e_opt - e_tgt|| / ||e_tgt||, and the mean and
@@ -238,7 +243,7 @@ def _probe_loss(session, x0, context, probe) -> float:
 def optimize_embedding(session, x0: torch.Tensor, photo_latent: torch.Tensor, e_tgt: torch.Tensor,
                        pooled_output: Optional[torch.Tensor] = None, steps: int = 500, learning_rate: float = 1e-3,
                        seed: int = 0, name: str = "",
-                       progress: Optional[Callable[[int, int], None]] = None) -> Imagic:
+                       progress: Optional[Callable[[int, int], None]] = None, pooled_width: int = 0) -> Imagic:
     """Imagic step 1: e_opt = argmin_e E_{t, eps} || eps - f_theta(x_t, t, e) ||^2 from e = e_tgt, model frozen.
 
     session: a ``training.fit.Session`` over a clone of the MODEL (comfy_bridge.training.TrainingSession);
@@ -247,8 +252,12 @@ def optimize_embedding(session, x0: torch.Tensor, photo_latent: torch.Tensor, e_
     uniform random timestep per step (the reference's recipe). Returns an :class:`Imagic` with e_opt, the step
     losses and the probe losses (a fixed set of 8 timesteps and noises) before/after in ``metadata``. Raises
     ValueError on bad input and TrainingInterrupted carrying an Imagic with the best e_opt so far (lowest smoothed
-    loss) on interrupt."""
+    loss) on interrupt. ``pooled_width`` P > 0 (SDXL, whose UNet also takes the pooled text vector): the embedding
+    optimised is the whole conditioning, e_tgt packed with ``pooled_output`` (:func:`pack`; the session splits it
+    again), so e_tgt / e_opt are [1, T + 1, d] and metadata["pooled_width"] = P."""
     steps, lr = _check_steps_lr(steps, learning_rate)
+    if pooled_width:
+        e_tgt, pooled_output = pack(e_tgt, pooled_output, int(pooled_width)), None
     settings = {"steps": steps, "learning_rate": lr, "seed": int(seed), "optimizer": "Adam",
                 "photo_latent_size": list(photo_latent.shape[-2:])}
     gen = torch.Generator().manual_seed(int(seed))
@@ -263,6 +272,8 @@ def optimize_embedding(session, x0: torch.Tensor, photo_latent: torch.Tensor, e_
 
     def result(e_opt: torch.Tensor, after: float) -> Imagic:
         meta = {f"embedding.{k}": v for k, v in settings.items()}
+        if pooled_width:
+            meta["pooled_width"] = int(pooled_width)
         meta.update({"embedding.steps_done": run.steps_done, "embedding.interrupted": run.interrupted,
                      "embedding.best_step": run.best_step, "embedding.probe_loss_before": before,
                      "embedding.probe_loss_after": after, "embedding.seconds": round(run.seconds, 3)})
@@ -415,6 +426,29 @@ def check_patches(patches: dict, unet: dict, shapes: dict, what: str) -> None:
 # step 3: interpolation
 # ----------------------------------------------------------------------------------------------------------------
 
+def pack(emb: torch.Tensor, pooled: Optional[torch.Tensor], pooled_width: int) -> torch.Tensor:
+    """[1, T, d] + pooled [1, P] -> [1, T + 1, d], the pooled vector in the first P entries of the last row (the
+    layout of comfy_bridge.sampling.text_embedding, which the training session splits again): so SDXL's whole
+    conditioning is one tensor that step 1 optimises and step 3 interpolates. ``pooled_width`` 0: ``emb`` itself.
+    ValueError when a pooled vector is needed and missing or of another width."""
+    if not pooled_width:
+        return emb
+    if pooled is None or pooled.shape[-1] != pooled_width:
+        got = "none" if pooled is None else f"width {pooled.shape[-1]}"
+        raise ValueError(f"this model takes a {pooled_width}-wide pooled text vector but the conditioning has "
+                         f"{got}: encode the text with the CLIP of the same checkpoint (CLIP Text Encode)")
+    row = emb.new_zeros(emb.shape[0], 1, emb.shape[-1])
+    row[:, 0, :pooled_width] = pooled.reshape(-1, pooled_width).to(emb)
+    return torch.cat([emb, row], 1)
+
+
+def unpack(e: torch.Tensor, pooled_width: int):
+    """Inverse of :func:`pack`: (sequence [N, T, d], pooled [N, P] or None)."""
+    if not pooled_width:
+        return e, None
+    return e[:, :-1], e[:, -1, :pooled_width].clone()
+
+
 def _check_eta(eta) -> float:
     try:
         v = float(eta)
@@ -444,15 +478,33 @@ def _cond_options(imagic: Imagic, pooled: Optional[torch.Tensor], n: int) -> dic
     return {} if p is None else {"pooled_output": p.repeat(n, *([1] * (p.ndim - 1))) if n > 1 else p.clone()}
 
 
+def _target(imagic: Imagic, target):
+    """(e_tgt as step 1 holds it, pooled to carry or None) for ``target`` (None: step 1's)."""
+    if target is None:
+        return imagic.e_tgt, None
+    e, pooled = target_embedding(target, None, "target")
+    if imagic.pooled_width:
+        return pack(e, pooled, imagic.pooled_width), None
+    return e, pooled
+
+
+def _rows_conditioning(imagic: Imagic, rows: torch.Tensor, pooled: Optional[torch.Tensor]) -> list:
+    if imagic.pooled_width:  # SDXL: the interpolated pooled vector goes with each row
+        seq, p = unpack(rows, imagic.pooled_width)
+        return [[seq, {"pooled_output": p}]]
+    return [[rows, _cond_options(imagic, pooled, rows.shape[0])]]
+
+
 def conditioning(imagic: Imagic, eta: float = ETA_DEFAULT, target=None) -> list:
-    """The CONDITIONING [[e_bar [1, T, d], {"pooled_output": ...}]] for the fine-tuned model.
+    """The CONDITIONING [[e_bar [1, T, d], {"pooled_output": ...}]] for the fine-tuned model (SDXL: e_bar is the
+    whole conditioning, sequence and pooled vector interpolated alike).
 
     target: optional CONDITIONING to use as e_tgt instead of the one step 1 was given (same token count
     required)."""
     if not is_imagic(imagic):
         raise ValueError("connect the IMAGIC output of an Imagic node (or Load Imagic)")
-    e_tgt, pooled = (imagic.e_tgt, None) if target is None else target_embedding(target, None, "target")
-    return [[interpolate(e_tgt, imagic.e_opt, eta), _cond_options(imagic, pooled, 1)]]
+    e_tgt, pooled = _target(imagic, target)
+    return _rows_conditioning(imagic, interpolate(e_tgt, imagic.e_opt, eta), pooled)
 
 
 def parse_etas(text: str, max_count: int = 32) -> list:
@@ -481,12 +533,12 @@ def sweep(imagic: Imagic, etas: Sequence[float], target=None):
     etas = [_check_eta(v) for v in etas]
     if not etas:
         raise ValueError("no eta values given")
-    e_tgt, pooled = (imagic.e_tgt, None) if target is None else target_embedding(target, None, "target")
+    e_tgt, pooled = _target(imagic, target)
     rows = torch.cat([interpolate(e_tgt, imagic.e_opt, v) for v in etas])
     n = len(etas)
     with torch.inference_mode(False):
         lat = torch.zeros((n,) + tuple(imagic.photo_latent.shape[1:]), dtype=torch.float32)
-    return [[rows, _cond_options(imagic, pooled, n)]], {"samples": lat, "batch_index": [0] * n}
+    return _rows_conditioning(imagic, rows, pooled), {"samples": lat, "batch_index": [0] * n}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ there by --scale_lr), 3000-6000 steps on SD1.x at 512 x 512.
 File format (:func:`embedding_file`): ``{"emb_params": float32 [n, width]}`` in safetensors, with metadata
 (format, name, initializer, steps, ...). ComfyUI's ``comfy/sd1_clip.py: load_embed`` reads it through
 ``embedding:<name>`` (it takes the file's only tensor), as do A1111 and kohya (``emb_params`` is their safetensors
-key). Nothing here imports ComfyUI.
+key). SDXL: ``{"clip_l": [n, 768], "clip_g": [n, 1280]}``, the SDXL embedding format of A1111 and ComfyUI (whose
+SDXL tokenizers look up their own ``embedding_key``). Nothing here imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -141,10 +142,15 @@ def train_textual_inversion(session, encoder, pool: Pool, init_vectors: torch.Te
                     False, run.steps_done, run.seconds, cfg)
 
 
-def embedding_file(result_or_vectors, name: Optional[str] = None, metadata: Optional[dict] = None) -> tuple:
-    """(tensors, metadata) of an embedding file: {"emb_params": [n, width] float32} and the run's metadata.
+def embedding_file(result_or_vectors, name: Optional[str] = None, metadata: Optional[dict] = None,
+                   layout: Optional[list] = None) -> tuple:
+    """(tensors, metadata) of an embedding file: {"emb_params": [n, width] float32} and the run's metadata; with a
+    ``layout`` of several text encoders [(tensor name, width), ...] (SDXL: [("clip_l", 768), ("clip_g", 1280)],
+    comfy_bridge.text.encoders) the vectors [n, sum of widths] are split into one tensor per encoder, the SDXL
+    embedding format A1111 and ComfyUI read (ComfyUI's SDXL tokenizers take "clip_l" / "clip_g").
 
-    ``result_or_vectors``: a TIResult (its name and metadata are used) or a tensor [n, width] with ``name``."""
+    ``result_or_vectors``: a TIResult (its name and metadata are used) or a tensor [n, width] with ``name``.
+    ValueError when the layout's widths do not add up to the vectors' width."""
     if isinstance(result_or_vectors, TIResult):
         vectors = result_or_vectors.vectors
         meta = {**result_or_vectors.metadata(), **(metadata or {})}
@@ -153,4 +159,14 @@ def embedding_file(result_or_vectors, name: Optional[str] = None, metadata: Opti
         meta = {"format": FORMAT, "version": "1", "name": name, **(metadata or {})}
     if vectors.ndim == 1:
         vectors = vectors[None]
-    return {"emb_params": vectors.detach().float().cpu()}, meta
+    vectors = vectors.detach().float().cpu()
+    if not layout or len(layout) == 1:
+        return {"emb_params": vectors}, meta
+    if sum(int(w) for _, w in layout) != vectors.shape[-1]:
+        raise ValueError(f"the vectors are {vectors.shape[-1]} wide but the encoders {layout} add up to "
+                         f"{sum(int(w) for _, w in layout)}")
+    tensors, start = {}, 0
+    for key, w in layout:
+        tensors[key] = vectors[:, start:start + int(w)].contiguous()
+        start += int(w)
+    return tensors, meta
