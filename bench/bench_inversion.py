@@ -19,6 +19,13 @@ input).
     python bench/bench_inversion.py --steps 20
     python bench/bench_inversion.py --full-size --steps 3 --inner 3 --repeats 1   # SD1.5 layout at 512x512, CPU
     python bench/bench_inversion.py --full-size --steps 50   # the same on a GPU
+    python bench/bench_inversion.py --sdxl-pooled         # SDXL: null-text with / without the pooled vector
+
+``--sdxl-pooled`` answers one question of SDXL null-text inversion: the unconditional conditioning there is both
+encoders' token sequence and the pooled bigG vector (the ADM input); optimise the sequence only, or the pooled
+vector with it? On the tiny SDXL-architecture model (random weights: no trained SDXL model fits this CPU; the
+same command with --full-size is the SDXL-size figure for a GPU), per input: latent MSE and PSNR of the
+reconstruction, Adam steps and time of both, and the ratio.
 """
 from __future__ import annotations
 
@@ -148,7 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per loop; the fastest is reported (default 3; 1 for --full-size on a CPU)")
+    ap.add_argument("--sdxl-pooled", action="store_true",
+                    help="SDXL null-text: optimise the pooled vector with the sequence, or the sequence only")
     args = ap.parse_args(argv)
+    if args.sdxl_pooled:
+        return sdxl_pooled(args)
 
     torch.set_num_threads(args.threads)
     from attention_edit.comfy_bridge import host
@@ -219,6 +230,45 @@ def main(argv=None) -> int:
         print(f"\none image at a time: speedup {one_by_one:.2f}x (textbook / fast mode); the {len(batch)} inputs "
               f"as one batch: {t_total / t_b:.2f}x")
     print(f"\nspeedup {t_total / t_pack:.2f}x, error ratio {worst:.3f}")
+    return 0
+
+
+def sdxl_pooled(args) -> int:
+    """The --sdxl-pooled table (see the module docstring)."""
+    torch.set_num_threads(args.threads)
+    from attention_edit.comfy_bridge import host
+
+    host.configure(cpu=not torch.cuda.is_available())
+    from attention_edit.comfy_bridge import text
+    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.sampling import invert, replay_schedule
+    from attention_edit.comfy_bridge.training import encode_image
+
+    model, clip, vae = build_sd1x(CONFIGS["tiny_sdxl"], seed=0)
+    size = CONFIGS["tiny_sdxl"].image_size
+    sigmas = replay_schedule(model, "p2p_ddim", args.steps)
+    empty = text.encode(clip, "")
+    print(f"\n### SDXL null-text inversion: the pooled vector optimised or kept (tiny SDXL, random weights), "
+          f"{args.steps} steps, cfg {args.cfg}, up to {args.inner} inner steps\n")
+    print("| input | optimised | time s | Adam steps | latent MSE | PSNR dB |\n|---|---|---|---|---|---|")
+    ratios = []
+    for name, image, prompt in inputs(False, size):
+        src = text.encode(clip, prompt)
+        latent = encode_image(vae, image[..., :3])
+        got = {}
+        for pooled in (False, True):
+            t0 = time.perf_counter()
+            inv = invert(model, latent, src, empty, sigmas, method="null_text", guidance_scale=args.cfg,
+                         num_inner_steps=args.inner, source_prompt=prompt, optimise_pooled=pooled)
+            t = time.perf_counter() - t0
+            q = quality(model, vae, inv, latent, image)
+            got[pooled] = q
+            what = "sequence + pooled vector" if pooled else "sequence only"
+            print(f"| {name} | {what} | {t:.2f} | {sum(len(x) for x in inv.losses)} | {q[0]:.5f} | {q[1]:.2f} |")
+            sys.stdout.flush()
+        ratios.append(got[True][0] / got[False][0])
+    print(f"\nlatent MSE, pooled optimised / sequence only: {', '.join(f'{r:.3f}' for r in ratios)} "
+          f"(mean {sum(ratios) / len(ratios):.3f})")
     return 0
 
 

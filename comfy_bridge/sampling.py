@@ -92,6 +92,9 @@ class ComfyDenoiser:
         c = dict(self._template)
         mc = dict(c["model_conds"])
         if self.pooled_width:
+            if emb.shape[1] % 77 != 1:
+                raise ValueError(f"an SDXL embedding for the loops has 77 k + 1 rows (the last holds the pooled "
+                                 f"vector: comfy_bridge.sampling.text_embedding), got {emb.shape[1]}")
             # SDXL's ADM input y = [pooled (P), size / crop embeddings (6 x 256)] (comfy.model_base.SDXL.encode_adm):
             # each row's own pooled vector, the template's size / crop conditioning
             P = self.pooled_width

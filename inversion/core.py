@@ -26,6 +26,30 @@ from .ddim import ddim_step, to_vp
 from .protocol import Denoiser, LoopRunner, embedding_of
 
 METHODS = ("null_text", "negative_prompt", "ddim")
+#: below this many steps an inversion is coarse (the references invert at 50; see :func:`inversion_advice`)
+FEW_STEPS = 10
+
+
+def inversion_advice(steps: int, guidance_scale: float, method: str) -> list:
+    """Plain-language notes for settings where inversion is not meaningful (empty list when none apply):
+
+    * fewer than :data:`FEW_STEPS` steps: DDIM inversion assumes the noise prediction barely changes between two
+      neighbouring levels (Mokady et al. 2022, sec. 3.1), which fails for large steps; distilled few-step models
+      (SDXL Turbo / Lightning, LCM: 1-8 steps) are trained to sample in few steps, not to invert, so the photo comes
+      back loosely, and null-text optimisation can only partly make up for it;
+    * null_text at CFG 1: the unconditional embedding does not enter the guided prediction (uncond + 1 (cond -
+      uncond) = cond), so the optimisation cannot change anything; DDIM inversion gives the same result faster."""
+    notes = []
+    if int(steps) < FEW_STEPS:
+        notes.append(
+            f"inversion at {int(steps)} steps is coarse: DDIM inversion is accurate only when consecutive noise "
+            f"levels are close (the references use 50 steps). Distilled few-step models (SDXL Turbo / Lightning, "
+            f"LCM) sample well at 1-8 steps but were not trained to invert: expect a loose reconstruction and "
+            f"edits that drift; invert with at least {FEW_STEPS} steps (better 50) where the model allows")
+    if method == "null_text" and float(guidance_scale) <= 1.0:
+        notes.append("null-text inversion at CFG 1 cannot change anything (the unconditional embedding does not "
+                     "enter the result at CFG 1); use method 'ddim' (same result, faster) or a CFG above 1")
+    return notes
 
 
 @dataclass

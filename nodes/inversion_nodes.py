@@ -10,7 +10,7 @@ from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
-from ..inversion.core import METHODS, NULL_TEXT_MODES
+from ..inversion.core import METHODS, NULL_TEXT_MODES, inversion_advice
 from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples,
                      supported)
 
@@ -28,7 +28,7 @@ class AE_InvertImage(io.ComfyNode):
                 "given CFG scale reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast "
                 "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (an SD1.x or SD2.x checkpoint, epsilon or "
+                io.Model.Input("model", tooltip="The diffusion model (an SD1.x, SD2.x or SDXL checkpoint, epsilon or "
                                                 "v-prediction)."),
                 io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode (one image)."),
@@ -81,7 +81,18 @@ class AE_InvertImage(io.ComfyNode):
                            num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
                            learning_rate=learning_rate, null_text_mode=null_text_mode or "fast",
                            progress=Progress(steps * (2 if method == "null_text" else 1)))
-        return io.NodeOutput(inv, {"samples": inv.x_T.clone()})
+        return io.NodeOutput(inv, {"samples": inv.x_T.clone()}, ui=advice_ui("Invert Image", steps, cfg, method))
+
+
+def advice_ui(node: str, steps: int, cfg: float, method: str):
+    """The node's UI text (and a log warning) for settings where inversion is not meaningful
+    (inversion.core.inversion_advice); None when there is nothing to say."""
+    import logging
+
+    notes = inversion_advice(steps, cfg, method)
+    for n in notes:
+        logging.warning(f"[Attention Edit] {node}: {n}")
+    return {"text": [f"{node}: {n}" for n in notes]} if notes else None
 
 
 def invert_image(model, clip, latent, source_prompt: str, method: str = "null_text", steps: int = 50,
@@ -150,7 +161,8 @@ class AE_InvertImageBatch(io.ComfyNode):
                              num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
                              learning_rate=learning_rate, null_text_mode=null_text_mode or "fast",
                              progress=Progress(steps * (2 if method == "null_text" else 1)))
-        return io.NodeOutput(invs, [{"samples": inv.x_T.clone()} for inv in invs])
+        return io.NodeOutput(invs, [{"samples": inv.x_T.clone()} for inv in invs],
+                             ui=advice_ui("Invert Images (Batch)", steps, cfg, method))
 
 
 def batch_prompts(text: str, n: int) -> list:

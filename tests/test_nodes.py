@@ -195,3 +195,28 @@ def test_sd2_and_sdxl_models_are_taken_and_flux_is_refused_naming_all_three(comf
     msg = str(e.value)
     assert msg.startswith("Train Custom Diffusion: this MODEL is Flux") and "SD1.x checkpoints" in msg and \
         "SD2.x checkpoints" in msg and "SDXL checkpoints" in msg, msg
+
+
+@pytest.mark.parametrize("steps, cfg, method, notes", [
+    (1, 1.0, "null_text", ["is coarse", "cannot change anything"]),
+    (4, 1.5, "null_text", ["is coarse"]),
+    (2, 1.0, "ddim", ["is coarse"]),
+    (12, 7.5, "null_text", []),
+])
+def test_few_step_inversion_runs_and_says_when_it_is_not_meaningful(comfy, image_name, steps, cfg, method, notes):
+    """SDXL Turbo / Lightning settings (1-4 steps, CFG 1-1.5) on an SDXL model: inversion and the edit run, and the
+    Invert Image node says in its UI (and the log) why the inversion is coarse, or that null-text cannot act at
+    CFG 1; at ordinary settings it says nothing."""
+    g = base_graph(image_name, method=method, steps=steps, weights=RANDOM_SDXL)
+    g["4"]["inputs"]["cfg"] = cfg
+    g["6"] = {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
+                                                     "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
+                                                     "self_replace_max_resolution": "1/4 (16x16 at 512px)"}}
+    g["7"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1], "inversion": ["4", 0],
+                                                            "edit": ["6", 0]}}
+    res = comfy.run_workflow(g, outputs=["4", "7"])
+    assert torch.isfinite(res.value("7", 0)["samples"]).all()
+    shown = (res["outputs"].get("4") or {}).get("text", [])
+    assert len(shown) == len(notes), shown
+    for text, needle in zip(shown, notes):
+        assert text.startswith("Invert Image: ") and needle in text, shown

@@ -117,3 +117,31 @@ def test_a_batch_with_the_wrong_number_of_prompts_is_refused(toy):
     with pytest.raises(ValueError, match="2 images but 1 source prompts"):
         invert_batch(model, lat, [text.encode(clip, prompt)], text.encode(clip, ""),
                      replay_schedule(model, "p2p_ddim", 2), method="ddim")
+
+
+def test_sdxl_null_text_optimises_the_pooled_vector_or_keeps_it_exactly(comfy):
+    """SDXL: the null-text embedding is the whole negative conditioning, the token sequence of both encoders plus the
+    pooled vector (its last row; comfy_bridge.sampling.text_embedding). Optimised with the sequence (the default),
+    the pooled row moves; with optimise_pooled=False it stays the empty prompt's pooled vector bit for bit while the
+    sequence is optimised. A raw 77-row embedding is refused instead of being misread."""
+    import pytest as _pytest
+
+    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.sampling import ComfyRunner, invert, replay_schedule, text_embedding
+    from attention_edit.headless.photos import photo
+
+    m, clip, vae = build_sd1x(CONFIGS["tiny_sdxl"], seed=0)
+    enc = lambda p: clip.encode_from_tokens_scheduled(clip.tokenize(p))  # noqa: E731
+    src, empty = enc("a photo of a cat"), enc("")
+    with torch.no_grad():
+        lat = vae.encode(photo("cat", 128)[..., :3])
+    sig = replay_schedule(m, "p2p_ddim", 4)
+    e0 = text_embedding(m, empty)
+    assert e0.shape == (1, 78, 128) and torch.equal(e0[0, -1, :64], empty[0][1]["pooled_output"][0])
+    kept = invert(m, lat, src, empty, sig, method="null_text", num_inner_steps=3, optimise_pooled=False)
+    moved = invert(m, lat, src, empty, sig, method="null_text", num_inner_steps=3)
+    for u in kept.uncond:
+        assert torch.equal(u[0, -1], e0[0, -1]) and not torch.equal(u[0, :-1], e0[0, :-1])
+    assert not torch.equal(moved.uncond[-1][0, -1], e0[0, -1])
+    with _pytest.raises(ValueError, match="77 k . 1 rows"):
+        ComfyRunner(m, src).run(lambda den, x, s: den.denoise(x, float(s[0]), src[0][0], None)[0], lat, sig)
