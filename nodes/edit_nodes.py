@@ -53,7 +53,10 @@ class AE_P2PEdit(io.ComfyNode):
                 io.Combo.Input("self_replace_max_resolution", options=list(RESOLUTIONS), default=RESOLUTIONS[0],
                                tooltip="Self-attention is injected only on UNet levels whose maps are at most "
                                        "this fraction of the latent per side. 1/4 is the stable notebook's 16x16 "
-                                       "limit at 512px, 1/2 the null-text notebook's 32x32."),
+                                       "limit at 512px, 1/2 the null-text notebook's 32x32. The fraction carries "
+                                       "the references' choice to other sizes: SDXL at 1024px has attention at "
+                                       "64x64 and 32x32, and 1/4 injects at 32x32 only (1/2 also at 64x64, whose "
+                                       "4096x4096 maps cost much more); SD2.x at 768px: 24x24 and smaller."),
             ],
             outputs=[P2PEdit.Output("edit", tooltip="The edit; add Reweight / Local Blend, then connect it to "
                                                     "Prompt-to-Prompt Edit Sampler.")],
@@ -124,8 +127,8 @@ class AE_P2PLocalBlend(io.ComfyNode):
                                tooltip="Blend from this fraction of the steps on (reference 0.2)."),
                 io.Combo.Input("mask_resolution", options=list(RESOLUTIONS), default=RESOLUTIONS[0], optional=True,
                                tooltip="Which attention maps make the mask, as a fraction of the latent per side: "
-                                       "1/4 is the reference's 16x16 maps at 512px; use 1/2 or full for small "
-                                       "images (e.g. 64px models)."),
+                                       "1/4 is the reference's 16x16 maps at 512px (SDXL at 1024px: its 32x32 "
+                                       "maps); use 1/2 or full for small images (e.g. 64px models)."),
                 io.Combo.Input("maps", options=list(BLEND_MAPS), default=BLEND_MAPS[0], optional=True,
                                tooltip="Which attention maps of the edited prompt make its mask: 'injected' "
                                        "(after the source's are injected, as the reference code; in a word swap "

@@ -102,3 +102,15 @@ def test_sdxl_embedding_for_one_encoder_only_is_refused_clearly(xl_tok):
     sequences differ; the alignment says why instead of misplacing every later word."""
     with pytest.raises(ValueError, match=r"exists for only one of the encoders.*SDXL embedding"):
         align.align_prompts(xl_tok, "a photo of embedding:sd15concept cat", "a photo of embedding:sd15concept dog")
+
+
+def test_the_live_display_route_describes_sdxl_prompts_as_the_sdxl_tokenizer_does(xl_tok):
+    """The web route counts with ComfyUI's CLIP-L tokenizer (no model needed); since both SDXL encoders put every
+    token where CLIP-L does, its description of an edit is the one the SDXL tokenizer gives."""
+    from attention_edit.attention.recipe import describe_alignment
+    from attention_edit.comfy_bridge.text import route_tokenizer
+
+    route = route_tokenizer()
+    for src, tgt in [("a photo of a cat", "a photo of a dog"), ("a (big:1.3) cat on grass", "a big cat on green grass"),
+                     ("an astronaut riding a horse", "an astronaut riding a camel, at night")]:
+        assert describe_alignment(route, src, tgt) == describe_alignment(xl_tok, src, tgt)
