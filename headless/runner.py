@@ -9,7 +9,10 @@
 
 Without ``--ckpt``, every CheckpointLoaderSimple node is swapped for the pack's AE_ToyWorldLoader (the
 embedded default: a tiny 64x64 model, NOT Stable Diffusion), the photo is scaled to 64x64 and the steps (and the
-training steps of concept-training nodes) are reduced, so a run takes seconds on a CPU.
+training steps of concept-training nodes) are reduced, so a run takes seconds on a CPU. The loader's ``weights``
+choice is ``--toy-weights``, else the checkpoint loader's ``"_meta": {"ae_toy_weights": ...}`` in the workflow
+file (TOY_WEIGHTS_META: the SDXL and SD2.x workflows name the random SDXL / SD2.x v-prediction test models, so they
+run on their own family's code path; the SDXL test model works at 128x128), else the shipped ToyWorld weights.
 
 Concept-training workflows (Custom-Edit: ``custom_edit_custom_diffusion``, ``custom_edit_textual_inversion``) take
 the concept's pictures with ``--reference PATH`` (repeat it, 3-5 pictures); the trained concept file is copied
@@ -44,7 +47,19 @@ CHECKPOINT_LOADER = "CheckpointLoaderSimple"
 TOY_LOADER = "AE_ToyWorldLoader"
 TOY_SHIPPED = "toyworld (shipped)"
 TOY_RANDOM = "random (untrained test model)"
+TOY_SD2_V = "random SD2.x v-prediction (untrained test model)"
+TOY_SDXL = "random SDXL (untrained test model)"
+#: AE_ToyWorldLoader's weights choices (nodes/toyworld_nodes.py CHOICES)
+TOY_CHOICES = (TOY_SHIPPED, TOY_RANDOM, TOY_SD2_V, TOY_SDXL)
+#: the key of a CheckpointLoaderSimple node's "_meta" that names the loader choice the runner swaps in without
+#: --ckpt (e.g. "random SDXL (untrained test model)" in workflows/api/p2p_word_swap_sdxl.json)
+TOY_WEIGHTS_META = "ae_toy_weights"
 TOY_SIZE = 64            # the ToyWorld / tiny test model's image size (8x8 latent)
+#: the test models made for another size than TOY_SIZE (comfy_bridge/models.py TINY_SDXL.image_size)
+TOY_SIZES = {TOY_SDXL: 128}
+#: what a real checkpoint of the family of each test model is (for the notice)
+TOY_FAMILY_CKPT = {TOY_SD2_V: "Stable Diffusion 2.x checkpoint (.safetensors), e.g. v2-1_768-ema-pruned.safetensors",
+                   TOY_SDXL: "SDXL checkpoint (.safetensors), e.g. sd_xl_base_1.0.safetensors"}
 TOY_STEPS = 20           # default sampling steps for the tiny model (unless --steps)
 DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
 SEED_INPUTS = ("seed", "noise_seed")
@@ -58,8 +73,8 @@ TOY_SAMPLER_STEPS = 10   # at most this many KSampler steps with the tiny model 
 
 TINY_NOTICE = ("NOTE: no --ckpt given, so this runs the pack's embedded default model, a tiny test model, "
                "not Stable Diffusion: {what}. It works at {size}x{size} pixels and knows nothing about photos, so "
-               "the output only shows that the workflow runs. For real edits pass --ckpt PATH, a real Stable "
-               "Diffusion 1.x checkpoint (.safetensors), e.g. v1-5-pruned-emaonly-fp16.safetensors.")
+               "the output only shows that the workflow runs. For real edits pass --ckpt PATH, a real {ckpt_kind}.")
+SD1_CKPT = "Stable Diffusion 1.x checkpoint (.safetensors), e.g. v1-5-pruned-emaonly-fp16.safetensors"
 
 log = logging.getLogger("attention_edit.runner")
 
@@ -170,12 +185,14 @@ def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: in
     TOY_TRAIN_STEPS steps (the tiny model cannot learn a concept anyway; apply_overrides' train_steps sets
     another count); EmptyLatentImage nodes (e.g. generated prior images) make TOY_SIZE images and KSampler nodes
     run at most TOY_SAMPLER_STEPS steps.
-    *weights*: the loader's choice; default the shipped ToyWorld weights when the file exists, else the random
-    untrained test model."""
+    *weights*: the loader's choice (TOY_CHOICES); default the workflow's (:func:`toy_weights_of`: the checkpoint
+    loader's ``_meta`` TOY_WEIGHTS_META, else the shipped ToyWorld weights when the file exists, else the random
+    untrained test model). The sizes above are the chosen model's (:func:`toy_size`: 128 for the SDXL one)."""
     out = copy.deepcopy(dict(prompt))
-    weights = weights or default_toy_weights()
+    weights = toy_weights_of(out, weights)
+    size = toy_size(weights)
     for nid in nodes_of(out, CHECKPOINT_LOADER):
-        meta = dict(out[nid].get("_meta", {}))
+        meta = {k: v for k, v in out[nid].get("_meta", {}).items() if k != TOY_WEIGHTS_META}
         meta["title"] = "ToyWorld (tiny test model, replaces the checkpoint loader)"
         out[nid] = {"class_type": TOY_LOADER, "inputs": {"weights": weights, "seed": int(seed)}, "_meta": meta}
     for nid in nodes_of(out, "AE_P2PLocalBlend"):
@@ -186,13 +203,13 @@ def use_toyworld(prompt: Mapping[str, Any], weights: str | None = None, seed: in
         ct, inp = node.get("class_type"), node.setdefault("inputs", {})
         if ct in TRAIN_NODES:
             if "resolution" in inp and not _is_link(inp["resolution"]):
-                inp["resolution"] = TOY_SIZE
+                inp["resolution"] = size
             if "steps" in inp and not _is_link(inp["steps"]):
                 inp["steps"] = min(int(inp["steps"]), TOY_TRAIN_STEPS)
         elif ct == "EmptyLatentImage":
             for k in ("width", "height"):
                 if k in inp and not _is_link(inp[k]):
-                    inp[k] = TOY_SIZE
+                    inp[k] = size
         elif ct == "KSampler" and "steps" in inp and not _is_link(inp["steps"]):
             inp["steps"] = min(int(inp["steps"]), TOY_SAMPLER_STEPS)
     return out
@@ -270,6 +287,28 @@ def _add_references(out: dict, names: list[str]) -> None:
 
 def default_toy_weights() -> str:
     return TOY_SHIPPED if TOYWORLD_WEIGHTS.is_file() else TOY_RANDOM
+
+
+def toy_weights_of(prompt: Mapping[str, Any], weights: str | None = None) -> str:
+    """The AE_ToyWorldLoader choice that replaces the checkpoint loader of *prompt*: *weights* (--toy-weights)
+    when given, else the first CheckpointLoaderSimple's ``"_meta": {"ae_toy_weights": ...}`` (a workflow made for
+    another model family names its test model, e.g. "random SDXL (untrained test model)"), else
+    :func:`default_toy_weights`. RunnerError for a choice the loader does not have."""
+    if weights is None:
+        for nid in sorted(nodes_of(prompt, CHECKPOINT_LOADER), key=_id_order):
+            weights = (prompt[nid].get("_meta") or {}).get(TOY_WEIGHTS_META)
+            if weights is not None:
+                break
+    weights = weights or default_toy_weights()
+    if weights not in TOY_CHOICES:
+        raise RunnerError(f"unknown tiny-model weights {weights!r} (--toy-weights, or the checkpoint loader's "
+                          f"_meta {TOY_WEIGHTS_META!r}); the loader's choices: {', '.join(TOY_CHOICES)}")
+    return weights
+
+
+def toy_size(weights: str) -> int:
+    """The image size (pixels, square) the tiny model of *weights* works at: TOY_SIZE, 128 for the SDXL one."""
+    return TOY_SIZES.get(weights, TOY_SIZE)
 
 
 def apply_overrides(prompt: Mapping[str, Any], *, image: str | None = None, source_prompt: str | None = None,
@@ -470,21 +509,27 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         raise RunnerError("--reference was given but the workflow has no concept-training node "
                           f"({', '.join(TRAIN_NODES)})")
     tiny = ckpt_path is None and bool(nodes_of(prompt, CHECKPOINT_LOADER))
+    weights = None
     if tiny:
-        weights = toy_weights or default_toy_weights()
-        what = ("ToyWorld, a small model of coloured shapes shipped with the pack" if weights == TOY_SHIPPED else
-                "its ToyWorld weights are not shipped yet, so the loader's 'random (untrained test model)' option "
-                "is used: random weights, the outputs are noise")
-        notices.append(TINY_NOTICE.format(what=what, size=TOY_SIZE))
+        weights = toy_weights_of(prompt, toy_weights)
+        tsize = toy_size(weights)
+        if weights == TOY_SHIPPED:
+            what = "ToyWorld, a small model of coloured shapes shipped with the pack"
+        elif weights == TOY_RANDOM and weights == default_toy_weights():
+            what = ("its ToyWorld weights are not shipped yet, so the loader's 'random (untrained test model)' "
+                    "option is used: random weights, the outputs are noise")
+        else:
+            what = f"the loader's {weights!r} option: random weights, the outputs are noise"
+        notices.append(TINY_NOTICE.format(what=what, size=tsize, ckpt_kind=TOY_FAMILY_CKPT.get(weights, SD1_CKPT)))
         if size_wh is None:
-            size_wh = (TOY_SIZE, TOY_SIZE)
-            notices.append(f"the photo is scaled to {TOY_SIZE}x{TOY_SIZE}, the tiny model's resolution (--size changes it)")
+            size_wh = (tsize, tsize)
+            notices.append(f"the photo is scaled to {tsize}x{tsize}, the tiny model's resolution (--size changes it)")
         if steps is None:
             steps = TOY_STEPS
             notices.append(f"steps reduced to {TOY_STEPS} for the tiny model (--steps changes it)")
         if trains and train_steps is None:
             notices.append(f"training steps reduced to at most {TOY_TRAIN_STEPS} and training resolution to "
-                           f"{TOY_SIZE} for the tiny model (--train-steps changes the steps)")
+                           f"{tsize} for the tiny model (--train-steps changes the steps)")
     scene_cfg: dict = {}
     wf_name = Path(str(workflow)).stem if not isinstance(workflow, Mapping) else ""
     if scene is None and tiny and image is None and not photo and wf_name in TOY_SCENES and nodes_of(prompt, "LoadImage"):
@@ -556,7 +601,7 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     ref_names = _prepare_references(references, image, Path(bridge_files.input_dir())) or None
 
     if tiny:
-        prompt = use_toyworld(prompt, toy_weights or default_toy_weights())
+        prompt = use_toyworld(prompt, weights)
     prompt = apply_overrides(prompt, image=image_name, source_prompt=source_prompt, edited_prompt=edited_prompt,
                              mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
                              method=method, size=size_wh if has_scale else None, references=ref_names,
@@ -713,7 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m attention_edit.runner",
         description="Runs an Attention Edit workflow (API format) headless, through ComfyUI's own executor.",
         epilog="Without --ckpt the embedded tiny test model (not Stable Diffusion) replaces the checkpoint loader, "
-               "at 64x64 and 20 steps: a seconds-long smoke run on a CPU. Shipped workflows: "
+               "at 64x64 and 20 steps: a seconds-long smoke run on a CPU. Which one: --toy-weights, else the "
+               f"checkpoint loader's \"_meta\": {{\"{TOY_WEIGHTS_META}\": ...}} in the workflow file (the SDXL and "
+               "SD2.x workflows name the random SDXL (128x128) / SD2.x v-prediction test models), else ToyWorld. "
+               "Shipped workflows: "
                + ", ".join(list_workflows()))
     p.add_argument("workflow", nargs="?", help="a shipped workflow name (see --list) or a path to an API-format JSON")
     p.add_argument("--list", action="store_true", help="list the shipped workflows and exit")
@@ -727,8 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-prompt", help="a prompt describing the photo (AE_InvertImage)")
     p.add_argument("--edited-prompt", help="the edited prompt (AE_P2PEdit); several: one per line")
     p.add_argument("--mode", choices=["auto", "replace", "refine"], help="AE_P2PEdit's mode")
-    p.add_argument("--ckpt", help="a real Stable Diffusion 1.x checkpoint (.safetensors), loaded by "
-                                  "CheckpointLoaderSimple (default: the embedded tiny test model)")
+    p.add_argument("--ckpt", help="a real Stable Diffusion 1.x checkpoint (.safetensors; SD2.x / SDXL for the "
+                                  "*_sd2 / *_sdxl workflows), loaded by CheckpointLoaderSimple (default: the "
+                                  "embedded tiny test model)")
     p.add_argument("--seed", type=int, help="seed inputs of the workflow and torch's global seed (the shipped "
                                             "workflows are deterministic: inversion draws no noise)")
     p.add_argument("--steps", type=int, help="inversion and edit steps (default: the workflow's, 50; 20 with the "
@@ -741,10 +790,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, help="training steps of the concept-training nodes (default: the "
                                                    f"workflow's; at most {TOY_TRAIN_STEPS} with the tiny model)")
     p.add_argument("--size", help="resize (centre crop) the photo to N or WIDTHxHEIGHT pixels, multiples of 8 "
-                                  "(default: the workflow's 512x512; 64x64 with the tiny model)")
+                                  "(default: the workflow's 512x512; 64x64 with the tiny model, 128x128 with the "
+                                  "SDXL test model)")
     p.add_argument("--out", default="out", help="folder for the output PNGs (default: ./out)")
-    p.add_argument("--toy-weights", choices=[TOY_SHIPPED, TOY_RANDOM],
-                   help="the tiny model's weights (default: shipped if present, else random)")
+    p.add_argument("--toy-weights", choices=list(TOY_CHOICES),
+                   help="the tiny model's weights (AE_ToyWorldLoader's choice; default: the workflow's checkpoint "
+                        f"loader's _meta {TOY_WEIGHTS_META!r}, e.g. the random SDXL model for p2p_word_swap_sdxl, "
+                        "else shipped if present, else random)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for the tiny model, else torch's)")
     p.add_argument("--verbose", "-v", action="store_true", help="show ComfyUI's log")

@@ -47,6 +47,10 @@ WORKFLOW_NOTES = {
     "custom_edit_textual_inversion": "Custom-Edit with textual inversion: learn a word, invert with the original model, "
                                      "P2P refine with the learned word.",
     "imagic_edit": "Imagic: optimise the text embedding to the photo, fine-tune (LoRA), sample eta 0 and 0.7.",
+    "p2p_word_swap_sdxl": "SDXL: null-text inversion of a 1024x1024 photo (cfg 7.5, 50 steps), then a Prompt-to-Prompt "
+                          "word swap (cat -> dog).",
+    "p2p_word_swap_sd2": "SD2.x 768-v (v-prediction): null-text inversion of a 768x768 photo (cfg 7.5, 50 steps), then "
+                         "a Prompt-to-Prompt word swap (cat -> dog).",
 }
 
 #: the part of every note that says how to run the workflow without a Stable Diffusion checkpoint
@@ -59,10 +63,36 @@ NO_CHECKPOINT_NOTE = (
     "<workflow>` does this by itself.")
 
 
-def workflow_note(name: str) -> str:
-    """The text of the Note node of a shipped workflow (what it does, and how to run it without a checkpoint)."""
+#: the no-checkpoint part of the note of a workflow made for another model family than SD1.x: its checkpoint
+#: loader's "_meta" names the test model the runner swaps in (headless/runner.py TOY_WEIGHTS_META)
+FAMILY_NO_CHECKPOINT_NOTE = (
+    "Needs an {family} checkpoint in models/checkpoints (Load Checkpoint names {ckpt}); photos at {size}x{size}. "
+    "Without one, ComfyUI stops with \"ckpt_name ... not in []\": replace Load Checkpoint with the pack's "
+    "'ToyWorld Model Loader (Attention Edit)' (AE_ToyWorldLoader, under attention_edit/loaders) set to '{weights}' "
+    "(random weights, not Stable Diffusion: the output is noise, it only shows that the graph runs), connect its "
+    "MODEL, CLIP and VAE where Load Checkpoint's were, and scale the photo to {tsize}x{tsize}. Headless, "
+    "`python -m attention_edit.runner <workflow>` does this by itself.")
+#: test model -> (family, a real checkpoint's photo size, the test model's size)
+FAMILY_OF_TEST_MODEL = {"random SDXL (untrained test model)": ("SDXL", 1024, 128),
+                        "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64)}
+
+
+def workflow_note(name: str, api: Mapping[str, Any] | None = None) -> str:
+    """The text of the Note node of a shipped workflow (what it does, and how to run it without a checkpoint;
+    *api*: the workflow, whose checkpoint loader may name another family's test model)."""
+    from .runner import TOY_WEIGHTS_META
+
     first = WORKFLOW_NOTES.get(name, "An Attention Edit workflow.")
-    return f"{first}\n\n{NO_CHECKPOINT_NOTE.replace('<workflow>', name)}"
+    rest = NO_CHECKPOINT_NOTE
+    for node in (api or {}).values():
+        weights = (node.get("_meta") or {}).get(TOY_WEIGHTS_META) \
+            if node.get("class_type") == "CheckpointLoaderSimple" else None
+        if weights in FAMILY_OF_TEST_MODEL:
+            family, size, tsize = FAMILY_OF_TEST_MODEL[weights]
+            rest = FAMILY_NO_CHECKPOINT_NOTE.format(family=family, ckpt=node["inputs"].get("ckpt_name"), size=size,
+                                                    weights=weights, tsize=tsize)
+            break
+    return f"{first}\n\n{rest.replace('<workflow>', name)}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +337,7 @@ def api_to_ui(name: str, api: Mapping[str, Any], infos: Mapping[str, Mapping[str
         last += 1
         nodes_out.append({"id": last, "type": "Note", "pos": [0, -260], "size": [560, 220], "flags": {},
                           "order": len(nodes_out), "mode": 0, "inputs": [], "outputs": [],
-                          "properties": {"text": ""}, "widgets_values": [workflow_note(name)],
+                          "properties": {"text": ""}, "widgets_values": [workflow_note(name, api)],
                           "color": "#432", "bgcolor": "#653"})
     return {
         "id": str(uuid.uuid5(_NS, name)),

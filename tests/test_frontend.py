@@ -24,6 +24,8 @@ EXPECTED = {
                                                  r"Textual Inversion\): aligned when the workflow runs")],
     "custom_edit_custom_diffusion": ["refine · + <v1> · 9/75 tokens"],
     "imagic_edit": [],
+    "p2p_word_swap_sdxl": ["word swap · cat→dog · 5/75 tokens"],
+    "p2p_word_swap_sd2": ["word swap · cat→dog · 5/75 tokens"],
 }
 
 
