@@ -493,28 +493,10 @@ def load_weights(path, dtype: torch.dtype | None = None):
 
 
 def build_tiny_flux_model(seed: int = 0):
-    """A tiny Flux.1-dev-architecture MODEL (ComfyUI's Flux model config and its comfy/ldm/flux transformer: double-
-    and single-stream blocks, guidance embedding, 16-channel latents in 2x2 patches; hidden size 64, 2 heads, one
-    block of each kind; seeded random weights), for tests on the CPU. Returns the ModelPatcher only (no text
-    encoder or VAE). The Flux parameters of the host's version are filled in (0.33 added ``txt_ids_dims``)."""
-    import dataclasses as dc
+    """A tiny Flux.1-dev-architecture MODEL (comfy_bridge.flux_models.build_tiny_flux_model), for tests."""
+    from .flux_models import build_tiny_flux_model as build
 
-    import comfy.ldm.flux.model
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
-              "vec_in_dim": 32, "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2,
-              "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
-              "qkv_bias": True, "txt_ids_dims": []}
-    known = {f.name for f in dc.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
-    model_config = comfy.supported_models.Flux({k: v for k, v in config.items() if k in known})
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, "", device="cpu")
-    init_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return build(seed)
 
 
 #: the families the pack knows, as the refusal message names them
@@ -556,9 +538,12 @@ def model_family(model_patcher) -> str:
 
 
 def prediction_type(model_patcher) -> str:
-    """"eps", "v" or the name of ComfyUI's model-sampling class, for messages and inversion records."""
+    """"eps", "v", "flow" (rectified flow: Flux, SD3) or the name of ComfyUI's model-sampling class, for messages
+    and inversion records."""
     ms = model_patcher.get_model_object("model_sampling")
     names = [c.__name__ for c in type(ms).__mro__]
+    if "CONST" in names:
+        return "flow"
     if "V_PREDICTION" in names:
         return "v"
     if "EPS" in names:

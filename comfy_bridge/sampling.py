@@ -30,7 +30,7 @@ P2P_DDIM_REFERENCE = "p2p_ddim_reference"
 
 __all__ = ["P2P_DDIM", "P2P_DDIM_REFERENCE", "ComfyDenoiser", "ComfyRunner", "runner", "schedule_names",
            "replay_schedule", "core_sample", "latent_channels", "make_weights_autograd_safe", "text_embedding",
-           "pooled_width", "model_pooled_width", "adm_vector"]
+           "pooled_width", "model_pooled_width", "adm_vector", "sampling_kind"]
 
 
 class ComfyDenoiser:
@@ -47,6 +47,7 @@ class ComfyDenoiser:
         self._template = guider.conds["positive"][0]
         #: SDXL: the pooled text vector is one more row of every embedding (see :func:`text_embedding`)
         self.pooled_width = pooled_width(self.model, self._template.get("pooled_output"))
+        self._kind = _takes_pooled(self.model)
         self._adm_tail = None
 
     def with_kernel(self, kernel: str) -> "ComfyDenoiser":
@@ -72,10 +73,9 @@ class ComfyDenoiser:
 
     @property
     def prediction(self) -> str:
-        """"v" for a v-prediction model (ComfyUI's V_PREDICTION model sampling), else "eps"."""
-        import comfy.model_sampling
-
-        return "v" if isinstance(self.model.model_sampling, comfy.model_sampling.V_PREDICTION) else "eps"
+        """"v" for a v-prediction model (ComfyUI's V_PREDICTION model sampling), "flow" for a rectified-flow model
+        (CONST: Flux, SD3), else "eps"."""
+        return sampling_kind(self.model.model_sampling)
 
     @property
     def sigma_min(self) -> float:
@@ -91,6 +91,12 @@ class ComfyDenoiser:
 
         c = dict(self._template)
         mc = dict(c["model_conds"])
+        if self.pooled_width and self._kind == "flux":
+            # Flux: the pooled CLIP-L vector is the model's vector input y; the T5 sequence its context
+            mc["y"] = comfy.conds.CONDRegular(emb[:, -1, :self.pooled_width])
+            mc["c_crossattn"] = type(mc["c_crossattn"])(emb[:, :-1].to(self.device))
+            c["model_conds"] = mc
+            return [c]
         if self.pooled_width:
             if emb.shape[1] % 77 != 1:
                 raise ValueError(f"an SDXL embedding for the loops has 77 k + 1 rows (the last holds the pooled "
@@ -138,17 +144,40 @@ class ComfyDenoiser:
         throw_if_interrupted()
 
 
-def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
-    """Width P of the pooled text vector a model takes as part of its conditioning (SDXL: the ADM input starts
-    with the pooled bigG output, P = 1280), 0 for models that ignore it (SD1.x, SD2.x). ``model``: a BaseModel;
-    ``pooled``: the conditioning's ``pooled_output`` [1, P] (ValueError when an SDXL model's has none)."""
+def sampling_kind(model_sampling) -> str:
+    """"eps", "v" or "flow" (CONST: x = (1 - sigma) x0 + sigma eps, Flux / SD3) for a ComfyUI model_sampling."""
+    import comfy.model_sampling
+
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return "flow"
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
+    return "eps"
+
+
+def _takes_pooled(model) -> str:
+    """"sdxl" (the ADM input starts with the pooled vector), "flux" (the pooled CLIP-L vector is the input y) or
+    "" for a BaseModel."""
     import comfy.model_base
 
-    if not isinstance(model, comfy.model_base.SDXL):
+    if isinstance(model, comfy.model_base.SDXL):
+        return "sdxl"
+    if isinstance(model, comfy.model_base.Flux):
+        return "flux"
+    return ""
+
+
+def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
+    """Width P of the pooled text vector a model takes as part of its conditioning (SDXL: the ADM input starts
+    with the pooled bigG output, P = 1280; Flux: the pooled CLIP-L output is its vector input y, P = 768), 0 for
+    models that ignore it (SD1.x, SD2.x). ``model``: a BaseModel; ``pooled``: the conditioning's ``pooled_output``
+    [1, P] (ValueError when it has none)."""
+    kind = _takes_pooled(model)
+    if not kind:
         return 0
     if pooled is None:
-        raise ValueError("this SDXL conditioning has no pooled output; encode the prompts with CLIP Text Encode or "
-                         "CLIP Text Encode (SDXL) from an SDXL CLIP")
+        raise ValueError(f"this {'SDXL' if kind == 'sdxl' else 'Flux'} conditioning has no pooled output; encode the "
+                         "prompts with CLIP Text Encode from the checkpoint's CLIP")
     return int(pooled.shape[-1])
 
 
@@ -222,7 +251,13 @@ class ComfyRunner:
         guider.set_conds(self.conditioning, self.conditioning)
         guider.set_cfg(1.0)
 
+        flow = sampling_kind(self.model_patcher.get_model_object("model_sampling")) == "flow"
+
         def sampler_function(model_k, x, sig, extra_args=None, callback=None, disable=None, **kw):
+            if flow:
+                # CONST noise scaling with zero noise is (1 - sigma_0) * latent, 0 at sigma_0 = 1: hand the loop
+                # the processed latent itself (what the scaling gives the other models)
+                x = model_k.inner_model.inner_model.process_latent_in(latent.to(x)).to(x)
             return loop(ComfyDenoiser(model_k.inner_model, extra_args["model_options"], sig), x, sig)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
@@ -260,6 +295,10 @@ def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     ms = model_patcher.get_model_object("model_sampling")
+    if scheduler in (P2P_DDIM, P2P_DDIM_REFERENCE) and sampling_kind(ms) == "flow":
+        raise ValueError(f"'{scheduler}' is the DDIM timestep schedule of diffusion models; this is a rectified-flow "
+                         "model (Flux): use 'simple' (Flux's usual schedule, with the model's time shift) or "
+                         "another of ComfyUI's schedulers")
     if scheduler in (P2P_DDIM, P2P_DDIM_REFERENCE):
         sig = ms.sigma(reference_ddim_timesteps(len(ms.sigmas), steps)).float().cpu()
         last = sig.new_zeros(1) if scheduler == P2P_DDIM else ms.sigma(torch.zeros(1)).float().cpu()
@@ -316,8 +355,27 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
     """``inversion.core.invert`` of one LATENT [1, C, H, W] with ``model_patcher``, run in ComfyUI's sampler."""
     from ..inversion.core import invert as invert_loop
 
+    check_method(model_patcher, kwargs.get("method", "null_text"))
     inv = invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
     return _record_model(inv, model_patcher)
+
+
+def check_method(model_patcher, method: str) -> None:
+    """ValueError when an inversion method does not fit the model: the rectified-flow methods (rf_euler,
+    rf_solver, fireflow) need a flow model (Flux), the others a diffusion model (SD1.x / SD2.x / SDXL)."""
+    from ..inversion.core import DIFFUSION_METHODS, METHODS
+    from ..inversion.flow import FLOW_METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}; choose one of {METHODS}")
+    flow = sampling_kind(model_patcher.get_model_object("model_sampling")) == "flow"
+    if flow and method not in FLOW_METHODS:
+        raise ValueError(f"'{method}' inverts diffusion models with classifier-free guidance; this is a "
+                         f"rectified-flow model (Flux: its guidance is an embedding, there is no unconditional "
+                         f"branch to optimise): choose one of {', '.join(FLOW_METHODS)}")
+    if not flow and method in FLOW_METHODS:
+        raise ValueError(f"'{method}' is a rectified-flow inversion (Flux); for this diffusion model choose one of "
+                         f"{', '.join(DIFFUSION_METHODS)}")
 
 
 def _record_model(inv, model_patcher):
@@ -349,6 +407,7 @@ def invert_batch(model_patcher, latent: torch.Tensor, source_conds: list, empty_
     ``model_patcher``, run in ComfyUI's sampler as one batch; returns B inversions."""
     from ..inversion.core import invert_batch as invert_loop
 
+    check_method(model_patcher, kwargs.get("method", "null_text"))
     return [_record_model(inv, model_patcher) for inv in
             invert_loop(ComfyRunner(model_patcher, source_conds[0]), latent, source_conds, empty_cond, sigmas,
                         **kwargs)]

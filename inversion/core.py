@@ -23,9 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .ddim import ddim_step, to_vp
+from .flow import FLOW_METHODS, evaluations, flow_inversion_loop
 from .protocol import Denoiser, LoopRunner, embedding_of
 
-METHODS = ("null_text", "negative_prompt", "ddim")
+#: the inversion methods of diffusion (DDPM-trained, CFG) models
+DIFFUSION_METHODS = ("null_text", "negative_prompt", "ddim")
+#: every method: the diffusion ones, then the rectified-flow ones (inversion/flow.py: Flux and other flow models)
+METHODS = DIFFUSION_METHODS + FLOW_METHODS
 #: below this many steps an inversion is coarse (the references invert at 50; see :func:`inversion_advice`)
 FEW_STEPS = 10
 
@@ -67,7 +71,9 @@ class Inversion:
     family:         the model family inverted with ("sd1", "sd2", "sdxl"; "" when not recorded).
     prediction:     "eps" or "v" ("" when not recorded).
     guidance_scale: the CFG scale the inversion was made for (null-text is optimised for it).
-    method:         'null_text', 'negative_prompt' or 'ddim'.
+    method:         'null_text', 'negative_prompt' or 'ddim'; for flow models 'rf_euler', 'rf_solver' or 'fireflow'
+                    (inversion/flow.py: uncond is then empty and guidance_scale 1, the model's guidance being part
+                    of source_cond).
     losses:         per step, the null-text inner losses (empty lists for the other methods).
     latent:         [1, C, H, W] the encoded input (LATENT scale), kept to measure the reconstruction.
     """
@@ -327,11 +333,21 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
     cond_emb = torch.cat(embs)
     empty_emb = emb_of(empty_cond).detach()
     total = (len(sigmas) - 1) * (2 if method == "null_text" else 1)
+    if method in FLOW_METHODS:
+        total = evaluations(method, len(sigmas) - 1)
     result = {}
 
     def loop(den: Denoiser, x, sig):
         s = sig.to(x.device)
         ce, ee = cond_emb.to(x.device, x.dtype), empty_emb.to(x.device, x.dtype)
+        if method in FLOW_METHODS:
+            # rectified flow (inversion/flow.py): no unconditional branch, nothing to optimise
+            with torch.no_grad():
+                x_T = flow_inversion_loop(den, x, s, ce, method,
+                                          progress=(lambda d, n: progress(d, n)) if progress else None)
+            result["uncond"] = [[] for _ in range(B)]
+            result["losses"] = [[] for _ in range(B)]
+            return x_T
         with torch.no_grad():
             traj = ddim_inversion_loop(den, x, s, ce, progress=(lambda d, n: progress(d, total)) if progress else None)
         N = len(s) - 1

@@ -15,6 +15,7 @@ import torch
 from ..attention.controllers import P2PController
 from .core import Inversion
 from .ddim import ddim_step
+from .flow import FLOW_METHODS, flow_replay_loop
 from .protocol import Denoiser, LoopRunner, embedding_of
 
 
@@ -75,6 +76,9 @@ def edit(runner: LoopRunner, inversion: Inversion, target_conds: list, controlle
 
     @torch.no_grad()
     def loop(den: Denoiser, x, sig):
+        if inversion.method in FLOW_METHODS:
+            return flow_replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.method, controller,
+                                    progress)
         return replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.uncond, scale, controller,
                            progress)
 

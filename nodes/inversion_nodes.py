@@ -10,7 +10,7 @@ from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
-from ..inversion.core import METHODS, NULL_TEXT_MODES, inversion_advice
+from ..inversion.core import DIFFUSION_METHODS as METHODS, NULL_TEXT_MODES, inversion_advice
 from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples,
                      supported)
 

@@ -288,3 +288,75 @@ def cfg_ddim_sample(unet, scheduler, x_T_vp: torch.Tensor, cond, uncond,
         eps_u, eps_c = out.chunk(2)
         x = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x).prev_sample
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flux (rectified flow): diffusers' FluxTransformer2DModel on the same weights
+# ----------------------------------------------------------------------------------------------------------
+
+def to_diffusers_flux(model_patcher):
+    """A ``diffusers.FluxTransformer2DModel`` holding the weights of a ComfyUI Flux MODEL (comfy/ldm/flux, the BFL
+    layout), mapped with ComfyUI's own diffusers <-> BFL key table ``comfy.utils.flux_to_diffusers`` (diffusers'
+    single-file converter assumes Flux.1's 3072 width). KeyError when a diffusers parameter gets no weight."""
+    import comfy.utils
+    from diffusers import FluxTransformer2DModel
+
+    dm = model_patcher.model.diffusion_model
+    p = dm.params
+    heads = int(p.num_heads)
+    unet = FluxTransformer2DModel(
+        patch_size=1, in_channels=int(p.in_channels) * 4, out_channels=None, num_layers=int(p.depth),
+        num_single_layers=int(p.depth_single_blocks), attention_head_dim=int(p.hidden_size) // heads,
+        num_attention_heads=heads, joint_attention_dim=int(p.context_in_dim), pooled_projection_dim=int(p.vec_in_dim),
+        guidance_embeds=bool(p.guidance_embed), axes_dims_rope=tuple(int(a) for a in p.axes_dim))
+    sd = {k: v.detach().float().cpu() for k, v in dm.state_dict().items()}
+    kmap = comfy.utils.flux_to_diffusers({"depth": p.depth, "depth_single_blocks": p.depth_single_blocks,
+                                          "hidden_size": p.hidden_size})
+    out = {}
+    for dkey in unet.state_dict():
+        src = kmap.get(dkey)
+        if src is None:
+            raise KeyError(f"no ComfyUI weight for diffusers parameter {dkey}")
+        if isinstance(src, str):
+            src = (src, None)
+        name = src[0]
+        if name not in sd:  # 0.33 names the QK-norm weights .weight, 0.3.75 .scale
+            name = name.replace(".scale", ".weight") if name.endswith(".scale") else name.replace(".weight", ".scale")
+        w = sd[name]
+        if len(src) > 2:
+            w = src[2](w)
+        elif src[1] is not None:
+            dim, off, length = src[1]
+            w = w.narrow(dim, off, length)
+        out[dkey] = w.clone()
+    unet.load_state_dict(out, strict=True)
+    return unet.eval().requires_grad_(False)
+
+
+def flux_pack(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C] (diffusers FluxPipeline._pack_latents; ComfyUI's patchify order)."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def flux_unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, n, c4 = x.shape
+    c = c4 // 4
+    return x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+@torch.no_grad()
+def flux_velocity(unet, x: torch.Tensor, sigma: float, seq: torch.Tensor, pooled: torch.Tensor,
+                  guidance: float = 3.5) -> torch.Tensor:
+    """diffusers' Flux velocity v(x, sigma) for latents x [B, C, H, W] (model space), as FluxPipeline calls the
+    transformer: packed 2x2 patches, timestep sigma (the model scales by 1000), text ids 0, image ids (0, row, col)."""
+    b, c, h, w = x.shape
+    img_ids = torch.zeros(h // 2, w // 2, 3)
+    img_ids[..., 1] = torch.arange(h // 2)[:, None]
+    img_ids[..., 2] = torch.arange(w // 2)[None, :]
+    txt_ids = torch.zeros(seq.shape[1], 3)
+    g = torch.full((b,), float(guidance)) if unet.config.guidance_embeds else None
+    out = unet(hidden_states=flux_pack(x), timestep=torch.full((b,), float(sigma)), guidance=g,
+               pooled_projections=pooled.expand(b, -1), encoder_hidden_states=seq.expand(b, -1, -1),
+               txt_ids=txt_ids, img_ids=img_ids.reshape(-1, 3)).sample
+    return flux_unpack(out, h, w)
