@@ -39,6 +39,9 @@ import torch
 __all__ = [
     "SEQ_LEN",
     "MAX_PROMPT_TOKENS",
+    "T5_SEQ_LEN",
+    "Stream",
+    "stream_of",
     "Alignment",
     "Window",
     "CrossReplaceSteps",
@@ -60,6 +63,38 @@ __all__ = [
 SEQ_LEN = 77
 #: Tokens a prompt may have between BOS and EOS.
 MAX_PROMPT_TOKENS = SEQ_LEN - 2
+#: The token section of ComfyUI's Flux tokenizer that the model attends to (T5-XXL).
+T5_KEY = "t5xxl"
+#: Length of the T5 sequence of ComfyUI's Flux conditioning (its T5 tokenizer pads to at least 256: no start token,
+#: the prompt's tokens, the end token, padding); the pack aligns prompts of up to T5_SEQ_LEN - 1 tokens.
+T5_SEQ_LEN = 256
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The token sequence a model's attention maps are indexed by: ``name`` (for messages), ``offset`` (1 when a
+    start token comes first: CLIP; 0 for T5), ``seq_len`` (positions of the conditioning) and ``limit`` (prompt
+    tokens that fit)."""
+
+    name: str
+    offset: int
+    seq_len: int
+
+    @property
+    def limit(self) -> int:
+        return self.seq_len - self.offset - 1
+
+
+CLIP_STREAM = Stream("CLIP", 1, SEQ_LEN)
+T5_STREAM = Stream("T5", 0, T5_SEQ_LEN)
+
+
+def stream_of(tokenizer: Any) -> Stream:
+    """:data:`T5_STREAM` for a tokenizer holder whose model attends to T5 tokens (Flux), else :data:`CLIP_STREAM`."""
+    hf = hf_tokenizer(tokenizer)
+    return T5_STREAM if getattr(hf, "bos_token_id", 0) is None else CLIP_STREAM
+
+
 #: Largest equalizer factor magnitude (the references use 2-10; beyond this the maps overflow float16/32 math).
 MAX_FACTOR = 1000.0
 
@@ -94,7 +129,8 @@ def hf_tokenizer(tokenizer: Any) -> Any:
 
     Accepts a HF ``CLIPTokenizer`` itself (anything with ``encode`` and ``decode``), a ComfyUI
     ``comfy.sd1_clip.SDTokenizer`` (``.tokenizer``), a ``comfy.sd1_clip.SD1Tokenizer`` (the attribute named by
-    ``.clip``, e.g. ``clip_l``), an SDXL tokenizer (``.clip_l``), or a ``comfy.sd.CLIP`` (``.tokenizer``).
+    ``.clip``, e.g. ``clip_l``), an SDXL tokenizer (``.clip_l``), a Flux tokenizer (``.t5xxl``: its T5 sentencepiece
+    tokenizer, whose token sequence is what Flux attends to), or a ``comfy.sd.CLIP`` (``.tokenizer``).
     All CLIP variants share one BPE vocabulary, so the positions computed here hold for each of them.
 
     Raises ``TypeError`` when no such tokenizer can be found.
@@ -104,6 +140,8 @@ def hf_tokenizer(tokenizer: Any) -> Any:
         if callable(getattr(obj, "encode", None)) and callable(getattr(obj, "decode", None)):
             return obj
         inner = getattr(obj, "tokenizer", None)
+        if inner is None:  # Flux / SD3: the T5 sequence is what the model attends to (CLIP-L gives only a vector)
+            inner = getattr(obj, "t5xxl", None)
         if inner is None:
             inner = getattr(obj, "clip_l", None)
         if inner is None:
@@ -157,6 +195,8 @@ def _comfy_ids(ctok: Any, hf: Any, text: str) -> list[int]:
     out = ctok.tokenize_with_weights(text)
     if not isinstance(out, dict):
         return _batch_ids(out, hf, getattr(ctok, "embedding_size", None))
+    if T5_KEY in out:  # Flux: only the T5 sequence enters attention (CLIP-L's pooled vector is global)
+        return _batch_ids(out[T5_KEY], hf, _embedding_size(ctok, T5_KEY))
     per_encoder = {key: _batch_ids(batches, hf, _embedding_size(ctok, key)) for key, batches in out.items()}
     first_key = next(iter(per_encoder))
     first = per_encoder[first_key]
@@ -175,7 +215,7 @@ def _comfy_ids(ctok: Any, hf: Any, text: str) -> list[int]:
 
 def _embedding_size(ctok: Any, key: str):
     """Width of the token embeddings of encoder ``key`` ("l", "g", "h") of a ComfyUI tokenizer, or None."""
-    sub = getattr(ctok, f"clip_{key}", None)
+    sub = getattr(ctok, f"clip_{key}", None) or getattr(ctok, key, None)
     return getattr(sub, "embedding_size", None)
 
 
@@ -209,16 +249,19 @@ class _Tokenized:
     def __init__(self, tok: Any, prompt: str, role: str = "prompt", ctok: Any = None):
         self.prompt = prompt
         self._ctok = ctok
+        self.stream = T5_STREAM if tok.bos_token_id is None else CLIP_STREAM
+        head = [tok.bos_token_id] if self.stream.offset else []
         if ctok is not None:
             whole = _comfy_ids(ctok, tok, prompt)
-            self.ids = [tok.bos_token_id] + whole + [tok.eos_token_id]
+            self.ids = head + whole + [tok.eos_token_id]
         else:
             self.ids = _encode(tok, prompt)
-        self.num_tokens = len(self.ids) - 2
-        if self.num_tokens > MAX_PROMPT_TOKENS:
+        self.num_tokens = len(self.ids) - self.stream.offset - 1
+        limit = self.stream.limit
+        if self.num_tokens > limit:
             raise ValueError(
-                f"the {role} has {self.num_tokens} CLIP tokens but the limit is {MAX_PROMPT_TOKENS}; "
-                f"shorten it (remove words) so that its attention maps fit the 77-token sequence"
+                f"the {role} has {self.num_tokens} {self.stream.name} tokens but the limit is {limit}; "
+                f"shorten it (remove words) so that its attention maps fit the {self.stream.seq_len}-token sequence"
             )
         self.words = prompt_words(prompt)
         # CLIP's pre-tokenizer never merges across whitespace, so the prompt's tokens are the concatenation
@@ -226,14 +269,14 @@ class _Tokenized:
         if ctok is not None:
             self.word_ids = [_comfy_ids(ctok, tok, w) for w in self.words]
         else:
-            self.word_ids: list[list[int]] = [_encode(tok, w)[1:-1] for w in self.words]
+            self.word_ids: list[list[int]] = [_encode(tok, w)[self.stream.offset:-1] for w in self.words]
         self.starts: list[int] = []
-        pos = 1
+        pos = self.stream.offset
         for ids in self.word_ids:
             self.starts.append(pos)
             pos += len(ids)
         flat = [i for ids in self.word_ids for i in ids]
-        if flat != self.ids[1:-1]:
+        if flat != self.ids[self.stream.offset:-1]:
             raise ValueError(
                 f"cannot locate the words of {prompt!r} among its tokens: a weight or an embedding spans several "
                 f"words (e.g. '(a red cat:1.2)'); give each word its own weight, e.g. '(red:1.2) (cat:1.2)'"
@@ -242,8 +285,12 @@ class _Tokenized:
 
     @property
     def eos(self) -> int:
-        """Position of EOS (= number of prompt tokens + 1)."""
-        return self.num_tokens + 1
+        """Position of EOS (= number of prompt tokens + 1 after CLIP's start token; the count itself for T5)."""
+        return self.num_tokens + self.stream.offset
+
+    @property
+    def seq_len(self) -> int:
+        return self.stream.seq_len
 
     def word_span(self, index: int) -> range:
         return range(self.starts[index], self.starts[index] + len(self.word_ids[index]))
@@ -262,7 +309,9 @@ def token_count(tokenizer: Any, prompt: str) -> int:
     """Number of tokens ``prompt`` takes in the conditioning (without BOS/EOS), counted as ComfyUI does when the
     tokenizer is ComfyUI's (embeddings = their vectors, weights syntax removed). No length check."""
     hf, ctok = hf_tokenizer(tokenizer), comfy_tokenizer(tokenizer)
-    return len(_comfy_ids(ctok, hf, prompt)) if ctok is not None else len(_encode(hf, prompt)) - 2
+    if ctok is not None:
+        return len(_comfy_ids(ctok, hf, prompt))
+    return len(_encode(hf, prompt)) - (2 if hf.bos_token_id is not None else 1)
 
 
 def token_labels(tokenizer: Any, prompt: str) -> list[str]:
@@ -272,7 +321,8 @@ def token_labels(tokenizer: Any, prompt: str) -> list[str]:
     out = []
     for word, ids in zip(t.words, t.word_ids):
         for i in ids:
-            out.append(word if i >= 1_000_000 else t._tok.decode([i]).strip())
+            label = word if i >= 1_000_000 else t._tok.decode([i]).strip()
+            out.append(label or "▁")  # T5's word-start piece decodes to nothing: show sentencepiece's mark
     return out
 
 
@@ -305,7 +355,8 @@ def _match_span(t: _Tokenized, index: int, query: str) -> range | None:
     lead, core, trail = _strip_punct(word)
     if not q_core or core.casefold() != q_core.casefold():
         return None
-    enc = (lambda x: _comfy_ids(t._ctok, t._tok, x)) if t._ctok is not None else (lambda x: _encode(t._tok, x)[1:-1])
+    off = t.stream.offset
+    enc = (lambda x: _comfy_ids(t._ctok, t._tok, x)) if t._ctok is not None else (lambda x: _encode(t._tok, x)[off:-1])
     lead_ids = enc(lead) if lead else []
     core_ids = enc(core)
     trail_ids = enc(trail) if trail else []
@@ -394,8 +445,10 @@ def _word_count_error(n_source: int, n_target: int) -> ValueError:
 def _replacement_from(src: _Tokenized, tgt: _Tokenized) -> torch.Tensor:
     if len(src.words) != len(tgt.words):
         raise _word_count_error(len(src.words), len(tgt.words))
-    m = torch.zeros(SEQ_LEN, SEQ_LEN, dtype=torch.float32)
-    m[0, 0] = 1.0  # BOS
+    L = src.seq_len
+    m = torch.zeros(L, L, dtype=torch.float32)
+    if src.stream.offset:
+        m[0, 0] = 1.0  # BOS
     for w in range(len(src.words)):
         s, d = src.word_span(w), tgt.word_span(w)
         if len(s) == len(d):
@@ -407,8 +460,8 @@ def _replacement_from(src: _Tokenized, tgt: _Tokenized) -> torch.Tensor:
             m[s.start:s.stop, d.start:d.stop] = 1.0 / len(d)
     # EOS and padding: keep their offset; rows that would fall past the end fold into the last column.
     shift = tgt.eos - src.eos
-    for a in range(src.eos, SEQ_LEN):
-        m[a, min(a + shift, SEQ_LEN - 1)] += 1.0
+    for a in range(src.eos, L):
+        m[a, min(a + shift, L - 1)] += 1.0
     return m
 
 
@@ -494,7 +547,7 @@ def _global_alignment(x: Sequence[int], y: Sequence[int]) -> list[int]:
 
 def _refinement_from(src: _Tokenized, tgt: _Tokenized) -> tuple[torch.Tensor, torch.Tensor]:
     aligned = _global_alignment(src.ids, tgt.ids)
-    mapper = torch.arange(SEQ_LEN, dtype=torch.int64)
+    mapper = torch.arange(tgt.seq_len, dtype=torch.int64)
     mapper[: len(aligned)] = torch.tensor(aligned, dtype=torch.int64)
     alphas = (mapper != -1).to(torch.float32)
     return mapper, alphas
@@ -584,7 +637,7 @@ def align_prompts(tokenizer: Any, source: str, target: str, mode: str = "auto") 
     tgt = _tokenized(tokenizer, target, "edited prompt")
     same_count = len(src.words) == len(tgt.words)
     if mode == "replace" or (mode == "auto" and same_count):
-        return Alignment("replace", _replacement_from(src, tgt), torch.ones(SEQ_LEN, dtype=torch.float32))
+        return Alignment("replace", _replacement_from(src, tgt), torch.ones(src.seq_len, dtype=torch.float32))
     mapper, alphas = _refinement_from(src, tgt)
     return Alignment("refine", mapper, alphas)
 
@@ -672,9 +725,9 @@ def cross_replace_alpha(
     def row_range(window: tuple[float, float]) -> slice:
         return slice(int(window[0] * rows), int(window[1] * rows))
 
-    alpha = torch.zeros(rows, len(prompts) - 1, SEQ_LEN, dtype=torch.float32)
-    alpha[row_range(default)] = 1.0
     targets = [_tokenized(tokenizer, p, "edited prompt") for p in prompts[1:]]
+    alpha = torch.zeros(rows, len(prompts) - 1, targets[0].seq_len, dtype=torch.float32)
+    alpha[row_range(default)] = 1.0
     for key, value in spec.items():
         if key == _DEFAULT_KEY:
             continue
@@ -861,7 +914,7 @@ def equalizer(
     else:
         pairs = list(word_values)
     t = _tokenized(tokenizer, prompt)
-    eq = torch.ones(SEQ_LEN, dtype=torch.float32)
+    eq = torch.ones(t.seq_len, dtype=torch.float32)
     for item in pairs:
         try:
             word, value = item

@@ -41,15 +41,19 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tenso
 
 
 def step_index(sigma: Optional[torch.Tensor], schedule: Optional[torch.Tensor], cache: Optional[dict] = None) -> int:
-    """0-based step of the current call: the index of the current sigma in the sampler's schedule (0 when either is
-    unknown). ``cache`` (a dict kept by the caller) remembers the answer per sigma, so the schedule is searched once
+    """0-based step of the current call: the step interval of the sampler's (descending) schedule that holds the
+    current sigma, i.e. the sigma's index when it is one of the schedule's (0 when either is unknown). ``cache`` (a dict kept by the caller) remembers the answer per sigma, so the schedule is searched once
     per step rather than once per layer."""
     if sigma is None or schedule is None:
         return 0
     s = float(sigma.reshape(-1)[0])
     if cache is not None and cache.get("sigma") == s and cache.get("schedule") is schedule:
         return cache["step"]
-    step = int(torch.argmin((schedule[:-1].float().cpu() - s).abs()).item()) if len(schedule) > 1 else 0
+    # the step whose interval holds the sigma (schedule[i] >= s > schedule[i + 1], descending): a schedule sigma is
+    # its own step, and the midpoint evaluations of second-order solvers count to the step they belong to
+    sched = schedule.float().cpu()
+    tol = 1e-6 * max(abs(s), 1e-3)
+    step = int((sched[1:-1] >= s - tol).sum().item()) if len(sched) > 1 else 0
     if cache is not None:
         cache.update(sigma=s, schedule=schedule, step=step)
     return step

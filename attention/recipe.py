@@ -61,6 +61,8 @@ class EditSpec:
                          latent per side (4: <= 16x16 at 512px, the stable notebook; 2: <= 32x32, NTI notebook).
     equalizer:           ((word, factor), ...) attention re-weighting of words of the edited prompts.
     local_blend:         optional LocalBlendSpec.
+    mmdit_blocks:        MM-DiT models (Flux): the blocks whose joint attention is controlled, "all", "double" or
+                         "vital" (comfy_bridge/flux_attention.py); UNets ignore it.
     """
 
     target_prompts: tuple
@@ -71,6 +73,7 @@ class EditSpec:
     equalizer: tuple = ()
     local_blend: Optional[LocalBlendSpec] = None
     dps: Optional[DPSSpec] = None
+    mmdit_blocks: str = "all"
 
     def with_dps(self, dps: Optional[DPSSpec]) -> "EditSpec":
         return replace(self, dps=dps)
@@ -80,6 +83,10 @@ class EditSpec:
 
     def with_local_blend(self, lb: LocalBlendSpec) -> "EditSpec":
         return replace(self, local_blend=lb)
+
+
+#: the block choices of an MM-DiT edit (comfy_bridge/flux_attention.py FLUX_BLOCKS)
+MMDIT_BLOCKS = ("all", "double", "vital")
 
 
 def _tokens(tokenizer, prompt: str, words: Sequence[str]) -> list[int]:
@@ -132,8 +139,10 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
             downscale=lb.downscale, dilation=lb.dilation, maps=lb.maps)
     # record the maps local blend reads even when they are finer than the default store limit (small latents)
     store_min = min(2.0, blend.downscale) if blend is not None else 2.0
+    if spec.mmdit_blocks not in MMDIT_BLOCKS:
+        raise ValueError(f"unknown MM-DiT block choice {spec.mmdit_blocks!r}; choose one of {MMDIT_BLOCKS}")
     return P2PController(edits=edits, num_steps=num_steps, self_injection=self_inj, local_blend=blend,
-                         store_min_downscale=store_min)
+                         store_min_downscale=store_min, mmdit_blocks=spec.mmdit_blocks)
 
 
 def keyword_tokens(tokenizer, source: str, target: str, alignment: "align.Alignment") -> list:
@@ -146,8 +155,10 @@ def keyword_tokens(tokenizer, source: str, target: str, alignment: "align.Alignm
             if a.lower() != b.lower():
                 out.extend(align.word_token_indices(tokenizer, target, i))
         return out
-    n = len(align.hf_tokenizer(tokenizer)(target)["input_ids"]) - 1  # positions 1 .. n-1 are the words
-    return [j for j in range(1, n) if float(alignment.alphas[j]) == 0.0]
+    st = align.stream_of(tokenizer)
+    first = st.offset  # the words take positions first .. first + n - 1
+    n = align.token_count(tokenizer, target)
+    return [j for j in range(first, first + n) if float(alignment.alphas[j]) == 0.0]
 
 
 def word_positions(tokenizer, prompt: str) -> dict:
@@ -237,6 +248,5 @@ def describe_alignment(tokenizer, source: str, target: str, mode: str = "auto") 
                 added.extend(tw[j1:j2])
             if tag in ("delete", "replace"):
                 removed.extend(sw[i1:i2])
-    tok = align.hf_tokenizer(tokenizer)
     return {"mode": a.mode, "swaps": swaps, "added": added, "removed": removed,
-            "source_tokens": len(tok(source)["input_ids"]) - 2, "target_tokens": len(tok(target)["input_ids"]) - 2}
+            "source_tokens": align.token_count(tokenizer, source), "target_tokens": align.token_count(tokenizer, target)}

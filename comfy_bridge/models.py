@@ -39,6 +39,7 @@ __all__ = [
     "config_from_any",
     "count_parameters",
     "build_tiny_flux_model",
+    "build_tiny_sdxl_refiner",
     "SUPPORTED_MODELS",
     "model_family",
     "require_supported",
@@ -492,6 +493,28 @@ def load_weights(path, dtype: torch.dtype | None = None):
     return build_sd1x(cfg, state_dict=sd, dtype=dtype)
 
 
+def build_tiny_sdxl_refiner(seed: int = 0):
+    """A tiny SDXL-refiner-architecture MODEL (ComfyUI's SDXLRefiner config and UNet: bigG-only 1280-wide context,
+    aesthetic-score ADM input; seeded random weights): a UNet family the pack does not edit, for the refusal
+    tests. Returns the ModelPatcher only."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                   "legacy": False, "num_classes": "sequential", "adm_in_channels": 64 + 5 * 256, "in_channels": 4,
+                   "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
+                   "transformer_depth_output": [0, 0, 1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+                   "use_linear_in_transformer": True, "context_dim": 64, "num_head_channels": 16,
+                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    model_config = comfy.supported_models.SDXLRefiner(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device="cpu")
+    init_weights(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 def build_tiny_flux_model(seed: int = 0):
     """A tiny Flux.1-dev-architecture MODEL (comfy_bridge.flux_models.build_tiny_flux_model), for tests."""
     from .flux_models import build_tiny_flux_model as build
@@ -507,8 +530,9 @@ FAMILY_NAMES = {
            "cross-attention)",
     "sdxl": "SDXL checkpoints (SDXL 1.0 base and its fine-tunes such as Pony, Illustrious, NoobAI, Juggernaut, "
             "epsilon or v-prediction: CLIP-L + OpenCLIP-bigG, 2048-wide cross-attention)",
+    "flux": "Flux.1 models (dev and schnell and their fine-tunes: MM-DiT with T5 joint attention, rectified flow)",
 }
-SHORT_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+SHORT_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux.1"}
 #: what every node runs on (the nodes that also take SD2.x say so where they call require_supported)
 SUPPORTED_MODELS = FAMILY_NAMES["sd1"]
 
@@ -518,7 +542,9 @@ def model_family(model_patcher) -> str:
     config: 768-wide cross-attention context in a real checkpoint, narrower in the pack's tiny and ToyWorld models
     built from the same class), "sd2" for an SD2.x text-to-image UNet (ComfyUI's SD20 config, epsilon or
     v-prediction; not its unCLIP or upscaler subclasses), "sdxl" for an SDXL base UNet (ComfyUI's SDXL config and
-    its distilled subclasses SSD-1B, Vega, KOALA; not the refiner or InstructPix2Pix), otherwise the name of ComfyUI's model config class
+    its distilled subclasses SSD-1B, Vega, KOALA; not the refiner or InstructPix2Pix), "flux" for Flux.1 dev and
+    schnell (ComfyUI's Flux / FluxSchnell configs; not Flux inpaint, Kontext variants of other classes or Flux.2),
+    otherwise the name of ComfyUI's model config class
     ("SDXL", "SD21UnclipH", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has
     none."""
     import comfy.supported_models
@@ -534,6 +560,8 @@ def model_family(model_patcher) -> str:
     if isinstance(cfg, comfy.supported_models.SDXL) and \
             not isinstance(cfg, getattr(comfy.supported_models, "SDXL_instructpix2pix", ())):
         return "sdxl"
+    if type(cfg) in (comfy.supported_models.Flux, comfy.supported_models.FluxSchnell):
+        return "flux"
     return type(cfg).__name__
 
 
@@ -559,7 +587,7 @@ def require_supported(node: str, model_patcher, families=("sd1",)) -> None:
         shown = SHORT_NAMES.get(family, family)
         what = " and ".join(FAMILY_NAMES[f] for f in families)
         later = ", ".join(n for f, n in SHORT_NAMES.items() if f not in families)
+        others = "other MM-DiT models such as SD3" if "flux" in families else "MM-DiT models such as Flux and SD3"
         raise ValueError(f"{node}: this MODEL is {shown} (as ComfyUI detected it); this node works with {what} in "
-                         f"this version ({later + ' and ' if later else ''}MM-DiT models such as Flux and SD3 are not "
-                         "supported yet). Load a checkpoint of a supported family, or the pack's ToyWorld Model "
-                         "Loader to try the workflow")
+                         f"this version ({later + ' and ' if later else ''}{others} are not supported yet). Load a "
+                         "checkpoint of a supported family, or the pack's ToyWorld Model Loader to try the workflow")

@@ -167,6 +167,11 @@ def _takes_pooled(model) -> str:
     return ""
 
 
+def _is_mmdit(model_patcher) -> bool:
+    """True for ComfyUI's Flux models (joint-attention MM-DiT; comfy_bridge/flux_attention.py binds the edits)."""
+    return _takes_pooled(getattr(model_patcher, "model", None)) == "flux"
+
+
 def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
     """Width P of the pooled text vector a model takes as part of its conditioning (SDXL: the ADM input starts
     with the pooled bigG output, P = 1280; Flux: the pooled CLIP-L output is its vector input y, P = 768), 0 for
@@ -234,7 +239,10 @@ class ComfyRunner:
 
     def __init__(self, model_patcher, conditioning, controller=None):
         self.conditioning = conditioning
-        if controller is not None:
+        self.controller = None
+        if controller is not None and _is_mmdit(model_patcher):
+            self.controller = controller  # installed in run(), which knows the latent's size
+        elif controller is not None:
             from .attention import install_controller
 
             model_patcher = install_controller(model_patcher, controller)
@@ -247,11 +255,17 @@ class ComfyRunner:
     def run(self, loop: Loop, latent: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         import comfy.samplers
 
-        guider = comfy.samplers.CFGGuider(self.model_patcher)
+        model = self.model_patcher
+        if self.controller is not None:
+            from .flux_attention import install_flux_controller
+
+            model = install_flux_controller(model, self.controller, int(self.conditioning[0][0].shape[1]),
+                                            tuple(latent.shape[-2:]), self.controller.mmdit_blocks)
+        guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(self.conditioning, self.conditioning)
         guider.set_cfg(1.0)
 
-        flow = sampling_kind(self.model_patcher.get_model_object("model_sampling")) == "flow"
+        flow = sampling_kind(model.get_model_object("model_sampling")) == "flow"
 
         def sampler_function(model_k, x, sig, extra_args=None, callback=None, disable=None, **kw):
             if flow:
@@ -282,7 +296,8 @@ def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     """The descending sigma schedule an inversion is replayed on, as a CPU float tensor.
 
     'p2p_ddim' is the reference's DDIM timesteps (``inversion.ddim.reference_ddim_timesteps``: 980, 960, ..., 0 at
-    50 steps), then sigma 0: exactly ``steps`` steps, the last one a full denoise. 'p2p_ddim_reference' ends where
+    50 steps), then sigma 0: exactly ``steps`` steps, the last one a full denoise; on a rectified-flow model (Flux)
+    it means ComfyUI's 'simple' schedule (evenly spaced times through the model's time shift). 'p2p_ddim_reference' ends where
     the reference's last DDIM step goes, alphas_cumprod[0] (diffusers' DDIMScheduler with set_alpha_to_one=False):
     the model's smallest sigma, so the last step leaves the latent nearly unchanged (google/prompt-to-prompt
     null_text_w_ptp.ipynb prev_step at t = 0). Other names are ComfyUI's schedulers
@@ -295,7 +310,11 @@ def replay_schedule(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     ms = model_patcher.get_model_object("model_sampling")
-    if scheduler in (P2P_DDIM, P2P_DDIM_REFERENCE) and sampling_kind(ms) == "flow":
+    if scheduler == P2P_DDIM and sampling_kind(ms) == "flow":
+        # the default's meaning on a rectified-flow model: evenly spaced times through the model's time shift, the
+        # schedule Flux is sampled with (ComfyUI's 'simple' = diffusers' FlowMatchEulerDiscreteScheduler)
+        scheduler = "simple"
+    if scheduler == P2P_DDIM_REFERENCE and sampling_kind(ms) == "flow":
         raise ValueError(f"'{scheduler}' is the DDIM timestep schedule of diffusion models; this is a rectified-flow "
                          "model (Flux): use 'simple' (Flux's usual schedule, with the model's time shift) or "
                          "another of ComfyUI's schedulers")

@@ -46,8 +46,8 @@ def inversion_advice(steps: int, guidance_scale: float, method: str) -> list:
     notes = []
     if int(steps) < FEW_STEPS:
         notes.append(
-            f"inversion at {int(steps)} steps is coarse: DDIM inversion is accurate only when consecutive noise "
-            f"levels are close (the references use 50 steps). Distilled few-step models (SDXL Turbo / Lightning, "
+            f"inversion at {int(steps)} steps is coarse: inversion (DDIM or Euler) is accurate only when consecutive "
+            f"noise levels are close (the references use 50 steps). Distilled few-step models (SDXL Turbo / Lightning, "
             f"LCM) sample well at 1-8 steps but were not trained to invert: expect a loose reconstruction and "
             f"edits that drift; invert with at least {FEW_STEPS} steps (better 50) where the model allows")
     if method == "null_text" and float(guidance_scale) <= 1.0:

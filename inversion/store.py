@@ -1,8 +1,8 @@
 """The inversion file format (tensors only; the bridge's comfy_bridge.files writes and reads the file).
 
 Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, T, D] (per-step unconditional
-embeddings), ``latent`` [1, C, H, W], ``source_emb`` [1, T, D] and, when the text encoder gave one,
-``source_pooled``; metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction
+embeddings; [0, T, D] for the rectified-flow methods, which have none), ``latent`` [1, C, H, W], ``source_emb``
+[1, T, D] and, when the conditioning had them, ``source_pooled`` and ``source_guidance`` (Flux); metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction
 (of the model inverted with: "sd1" / "sd2" / "sdxl", "eps" / "v"; absent in files of earlier versions). On SDXL
 ``uncond`` rows end with the pooled-vector row (inversion.core.Inversion).
 """
@@ -14,6 +14,7 @@ import math
 import torch
 
 from .core import METHODS, Inversion
+from .flow import FLOW_METHODS
 
 FORMAT = "attention_edit.inversion/1"
 REQUIRED = ("x_T", "sigmas", "uncond", "latent", "source_emb")
@@ -26,12 +27,15 @@ def to_file(inv: Inversion) -> tuple:
         tensors = {
             "x_T": inv.x_T.float().contiguous(),
             "sigmas": inv.sigmas.float().contiguous(),
-            "uncond": torch.cat([u.reshape(1, *u.shape[-2:]).float() for u in inv.uncond]).contiguous(),
+            "uncond": (torch.cat([u.reshape(1, *u.shape[-2:]).float() for u in inv.uncond]) if inv.uncond else
+                       torch.zeros(0, *emb.shape[1:])).contiguous(),
             "latent": inv.latent.float().contiguous(),
             "source_emb": emb.detach().cpu().float().contiguous(),
         }
         if extras.get("pooled_output") is not None:
             tensors["source_pooled"] = extras["pooled_output"].detach().cpu().float().contiguous()
+        if extras.get("guidance") is not None:  # Flux: the guidance embedding's value the inversion ran with
+            tensors["source_guidance"] = torch.tensor([float(extras["guidance"])])
     meta = {"format": FORMAT, "source_prompt": inv.source_prompt, "method": inv.method,
             "guidance_scale": repr(inv.guidance_scale), "scheduler": inv.scheduler,
             "losses": json.dumps(inv.losses), "family": inv.family, "prediction": inv.prediction}
@@ -54,7 +58,7 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
         problems.append(f"x_T has shape {list(x_T.shape)}, expected [1, C, H, W]")
     if sigmas.ndim != 1 or len(sigmas) < 2:
         problems.append(f"sigmas has shape {list(sigmas.shape)}, expected [steps + 1]")
-    elif uncond.ndim != 3 or uncond.shape[0] != len(sigmas) - 1:
+    elif uncond.ndim != 3 or uncond.shape[0] != (0 if meta.get("method") in FLOW_METHODS else len(sigmas) - 1):
         problems.append(f"uncond has shape {list(uncond.shape)}, expected [{len(sigmas) - 1}, tokens, width]")
     if tensors["latent"].shape != x_T.shape:
         problems.append(f"latent {list(tensors['latent'].shape)} and x_T {list(x_T.shape)} differ in shape")
@@ -75,6 +79,8 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
     except ValueError:
         losses = []
     extras = {"pooled_output": tensors["source_pooled"]} if "source_pooled" in tensors else {}
+    if "source_guidance" in tensors:
+        extras["guidance"] = float(tensors["source_guidance"].reshape(-1)[0])
     return Inversion(x_T=x_T, sigmas=sigmas, source_prompt=meta.get("source_prompt", ""),
                      source_cond=[[tensors["source_emb"], extras]], uncond=[u[None] for u in uncond],
                      guidance_scale=scale, method=method, latent=tensors["latent"], losses=losses,

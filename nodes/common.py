@@ -42,9 +42,10 @@ def encode(clip, prompt: str, what: str = "prompt"):
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"the {what} is empty; type a prompt that describes the image")
     n = align.token_count(clip.tokenizer, prompt)
-    if n > align.MAX_PROMPT_TOKENS:
-        raise ValueError(f"the {what} is {n} CLIP tokens long; Prompt-to-Prompt needs at most "
-                         f"{align.MAX_PROMPT_TOKENS} (one 77-token chunk): shorten it")
+    st = align.stream_of(clip.tokenizer)
+    if n > st.limit:
+        raise ValueError(f"the {what} is {n} {st.name} tokens long; Prompt-to-Prompt needs at most {st.limit} (one "
+                         f"{st.seq_len}-token sequence): shorten it")
     return bridge_text.encode(clip, prompt)
 
 
@@ -55,8 +56,10 @@ def token_strings(clip, prompt: str) -> list:
 
 #: the model families of the nodes that work on SD2.x too (epsilon and v-prediction)
 SD1_SD2 = ("sd1", "sd2")
-#: the families of the inversion nodes and the P2P sampler: SD1.x, SD2.x (epsilon and v) and SDXL
-EDIT_FAMILIES = ("sd1", "sd2", "sdxl")
+#: the families of the concept-training and Imagic nodes: SD1.x, SD2.x (epsilon and v) and SDXL
+TRAIN_FAMILIES = ("sd1", "sd2", "sdxl")
+#: the families of the inversion nodes and the P2P sampler: the three and Flux.1 (rectified flow, joint attention)
+EDIT_FAMILIES = TRAIN_FAMILIES + ("flux",)
 
 
 def supported(node: str, model, families=("sd1",)) -> None:

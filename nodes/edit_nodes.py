@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..attention import align
-from ..attention.recipe import EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
+from ..attention.recipe import MMDIT_BLOCKS, EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
 from ..comfy_bridge import sampling as bridge_sampling
 from .common import (EDIT_FAMILIES, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
                      check_finite_latent,
@@ -56,7 +56,13 @@ class AE_P2PEdit(io.ComfyNode):
                                        "limit at 512px, 1/2 the null-text notebook's 32x32. The fraction carries "
                                        "the references' choice to other sizes: SDXL at 1024px has attention at "
                                        "64x64 and 32x32, and 1/4 injects at 32x32 only (1/2 also at 64x64, whose "
-                                       "4096x4096 maps cost much more); SD2.x at 768px: 24x24 and smaller."),
+                                       "4096x4096 maps cost much more); SD2.x at 768px: 24x24 and smaller. "
+                                       "Flux has no levels: its image->image injection follows 'flux_blocks'."),
+                io.Combo.Input("flux_blocks", options=list(MMDIT_BLOCKS), default="all", optional=True,
+                               tooltip="Flux (MM-DiT) only: which blocks' joint attention the edit controls. all: "
+                                       "every double- and single-stream block; double: the 19 double-stream "
+                                       "blocks; vital: Stable Flow's vital layers of FLUX.1-dev (double 0, 1, 17, "
+                                       "18; single 6, 9, 34, 35, 37)."),
             ],
             outputs=[P2PEdit.Output("edit", tooltip="The edit; add Reweight / Local Blend, then connect it to "
                                                     "Prompt-to-Prompt Edit Sampler.")],
@@ -64,7 +70,7 @@ class AE_P2PEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, edited_prompts, mode, cross_replace_steps, self_replace_steps,
-                self_replace_max_resolution) -> io.NodeOutput:
+                self_replace_max_resolution, flux_blocks="all") -> io.NodeOutput:
         prompts = tuple(p.strip() for p in edited_prompts.splitlines() if p.strip())
         if not prompts:
             raise ValueError("the edited prompt is empty; type the prompt that describes the edited image")
@@ -72,7 +78,7 @@ class AE_P2PEdit(io.ComfyNode):
         spec = EditSpec(target_prompts=prompts, mode=mode,
                         cross_replace_steps=align.parse_cross_replace_steps(cross_replace_steps),
                         self_replace_steps=align.parse_self_replace_steps(self_replace_steps),
-                        self_min_downscale=downscale)
+                        self_min_downscale=downscale, mmdit_blocks=flux_blocks or "all")
         return io.NodeOutput(spec)
 
 

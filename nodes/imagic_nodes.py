@@ -23,7 +23,7 @@ from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
 from ..training.common import loss_plot
 from ..training.fit import TrainingInterrupted
-from .common import (CATEGORY, EDIT_FAMILIES, Progress, check_finite_result, finite, model_file_path,
+from .common import (CATEGORY, TRAIN_FAMILIES, Progress, check_finite_result, finite, model_file_path,
                      register_model_folder, supported)
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
@@ -203,7 +203,7 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
     def execute(cls, model, vae, image, target, name, steps, learning_rate, seed,
                 gradient_checkpointing) -> io.NodeOutput:
         finite("Imagic 1: Optimise Embedding", learning_rate=learning_rate)
-        supported("Imagic 1: Optimise Embedding", model, EDIT_FAMILIES)
+        supported("Imagic 1: Optimise Embedding", model, TRAIN_FAMILIES)
         name = files.validate_name(name, "name")
         files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
@@ -279,7 +279,7 @@ class AE_ImagicFineTune(io.ComfyNode):
     def execute(cls, model, imagic, train, rank, steps, learning_rate, seed, gradient_checkpointing,
                 name="") -> io.NodeOutput:
         finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
-        supported("Imagic 2: Fine-tune Model", model, EDIT_FAMILIES)
+        supported("Imagic 2: Fine-tune Model", model, TRAIN_FAMILIES)
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
         name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
@@ -422,7 +422,7 @@ class AE_ImagicLoad(io.ComfyNode):
     @classmethod
     def execute(cls, model, imagic_file, strength) -> io.NodeOutput:
         finite("Load Imagic", strength=strength)
-        supported("Load Imagic", model, EDIT_FAMILIES)
+        supported("Load Imagic", model, TRAIN_FAMILIES)
         res = load_imagic(_imagic_path(imagic_file))
         im.target_embedding([[res.e_opt, {}]], bridge_training.context_dim(model), f"embedding in {imagic_file!r}")
         check_imagic_model(res, model)

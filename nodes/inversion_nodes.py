@@ -10,7 +10,7 @@ from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
-from ..inversion.core import DIFFUSION_METHODS as METHODS, NULL_TEXT_MODES, inversion_advice
+from ..inversion.core import METHODS, NULL_TEXT_MODES, inversion_advice
 from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples,
                      supported)
 
@@ -29,7 +29,7 @@ class AE_InvertImage(io.ComfyNode):
                 "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (an SD1.x, SD2.x or SDXL checkpoint, epsilon or "
-                                                "v-prediction)."),
+                                                "v-prediction, or a Flux.1 dev / schnell model)."),
                 io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode (one image)."),
                 io.String.Input("source_prompt", multiline=True, default="a photo of a cat",
@@ -39,13 +39,16 @@ class AE_InvertImage(io.ComfyNode):
                                tooltip="null_text: most faithful (optimises a null-text embedding per step; "
                                        "slowest). negative_prompt: DDIM inversion + the source prompt as negative "
                                        "prompt (fast, a little less faithful). ddim: plain DDIM inversion (fast; "
-                                       "reconstructs poorly at CFG > 1)."),
+                                       "reconstructs poorly at CFG > 1). Flux (rectified flow): rf_solver "
+                                       "(RF-Solver's second-order step, 2 model calls per step), fireflow (the "
+                                       "same accuracy at about 1 call per step) or rf_euler (plain Euler)."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Sampling steps of the inversion; the edit replays exactly these (reference: "
                                      "50)."),
                 io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance scale the inversion is made for and the edit "
-                                       "uses (reference: 7.5)."),
+                                       "uses (reference: 7.5). Not used by the Flux methods: Flux's guidance is "
+                                       "the conditioning's (3.5 unless a FluxGuidance node sets it)."),
                 io.Combo.Input("scheduler", options=schedule_names(), default=P2P_DDIM,
                                tooltip="Sigma schedule. p2p_ddim: the reference's DDIM timesteps (980, 960, ..., 0 "
                                        "at 50 steps), exactly 'steps' steps. The others are ComfyUI's schedulers."),

@@ -12,9 +12,10 @@ SHIPPED = "toyworld (shipped)"
 RANDOM = "random (untrained test model)"
 RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
 RANDOM_SDXL = "random SDXL (untrained test model)"
+RANDOM_FLUX = "random Flux.1 (untrained test model)"
 #: the random test models of the loader, by choice
-RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl"}
-CHOICES = [SHIPPED, RANDOM, RANDOM_SD2_V, RANDOM_SDXL]
+RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl", RANDOM_FLUX: "tiny_flux"}
+CHOICES = [SHIPPED, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX]
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
                             "toyworld.safetensors")
 
@@ -34,7 +35,12 @@ def load_toyworld(weights: str = SHIPPED, seed: int = 0):
     elif weights in RANDOM_CONFIGS:
         key = (weights, int(seed))
         if key not in _CACHE:
-            _CACHE[key] = sd1x.build_sd1x(sd1x.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
+            if weights == RANDOM_FLUX:
+                from ..comfy_bridge.flux_models import build_flux
+
+                _CACHE[key] = build_flux(RANDOM_CONFIGS[weights], seed=int(seed))
+            else:
+                _CACHE[key] = sd1x.build_sd1x(sd1x.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
         mp, clip, vae = _CACHE[key]
     else:
         raise ValueError(f"unknown weights choice {weights!r}; expected one of {CHOICES}")
@@ -52,7 +58,7 @@ class AE_ToyWorldLoader(io.ComfyNode):
                 "Loads ToyWorld: a small Stable Diffusion 1.x-architecture model (UNet, CLIP text encoder with the "
                 "real SD1 tokenizer, VAE) trained on 64x64 images of coloured shapes, e.g. 'a big red circle on "
                 "the left on white'. It runs in seconds on a CPU; use a 64x64 Empty Latent Image (8x8 latent). "
-                "'random' builds an untrained tiny model for tests (SD1.x, SD2.x v-prediction or SDXL)."),
+                "'random' builds an untrained tiny model for tests (SD1.x, SD2.x v-prediction, SDXL or Flux.1)."),
             inputs=[
                 io.Combo.Input("weights", options=CHOICES, default=SHIPPED,
                                tooltip="toyworld (shipped): the trained weights that come with the pack. "
@@ -61,7 +67,8 @@ class AE_ToyWorldLoader(io.ComfyNode):
                                        "v-prediction: the same size built from ComfyUI's SD2.x classes (OpenCLIP-H "
                                        "tokenizer, v-prediction), for tests of the SD2.x path. random SDXL: built "
                                        "from ComfyUI's SDXL classes (CLIP-L + bigG, pooled and size conditioning; "
-                                       "use 128x128 images), for tests of the SDXL path."),
+                                       "use 128x128 images), for tests of the SDXL path. random Flux.1: ComfyUI's "
+                                       "Flux classes (T5 + CLIP-L, 16-channel latents), for the Flux path."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                              tooltip="Only for the random test model: the seed of its weight initialisation."),
             ],

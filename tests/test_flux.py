@@ -37,7 +37,7 @@ def test_the_tiny_model_is_comfyuis_flux(flux):
     from attention_edit.comfy_bridge.models import model_family, prediction_type
 
     m, cond = flux["m"], flux["cond"]
-    assert (model_family(m), prediction_type(m)) == ("Flux", "flow")
+    assert (model_family(m), prediction_type(m)) == ("flux", "flow")
     assert cond[0][0].shape == (1, 256, 48) and cond[0][1]["pooled_output"].shape == (1, 32)  # T5 padded to 256
     assert flux["latent"].shape == (1, 16, 8, 8)
 
@@ -70,7 +70,7 @@ def test_reconstruction_error_falls_with_steps_and_second_order_beats_euler(flux
             from attention_edit.comfy_bridge.sampling import edit
 
             inv = _invert(flux, method, steps)
-            assert inv.family == "Flux" and inv.prediction == "flow" and inv.uncond == []
+            assert inv.family == "flux" and inv.prediction == "flow" and inv.uncond == []
             err[method, steps] = float((edit(flux["m"], inv, [])[0] - flux["latent"][0]).pow(2).mean())
     print("\n[flux inversion] latent MSE " + ", ".join(f"{m} {s}: {e:.2e}" for (m, s), e in err.items()))
     for method in ("rf_euler", "rf_solver", "fireflow"):
@@ -83,7 +83,7 @@ def test_reconstruction_error_falls_with_steps_and_second_order_beats_euler(flux
 @pytest.mark.parametrize("method, scheduler, needle", [
     ("null_text", "simple", "there is no unconditional branch to optimise"),
     ("ddim", "simple", "choose one of rf_euler, rf_solver, fireflow"),
-    ("rf_euler", "p2p_ddim", "use 'simple'"),
+    ("rf_euler", "p2p_ddim_reference", "use 'simple'"),
 ])
 def test_diffusion_methods_and_schedules_are_refused_on_flux(flux, method, scheduler, needle):
     with pytest.raises(ValueError, match=needle):
@@ -167,3 +167,181 @@ def test_replay_and_inversion_agree_with_diffusers(flux, dflux):
     print(f"\n[flux diffusers] sigmas max |diff| {sig_gap:.1e}; Euler replay (FlowMatchEulerDiscreteScheduler) max "
           f"|diff| {replay_gap:.2e}; Euler inversion max |diff| {inv_gap:.2e} (|x| up to {float(x.abs().max()):.2f})")
     assert replay_gap < 1e-3 and inv_gap < 1e-3
+
+
+# ---- Prompt-to-Prompt on Flux's joint attention
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def inv(flux):
+    return _invert(flux, "rf_solver", STEPS)
+
+
+def _enc(flux, p):
+    return flux["clip"].encode_from_tokens_scheduled(flux["clip"].tokenize(p))
+
+
+def _run(flux, inv, spec):
+    from attention_edit.attention.recipe import build_controller
+    from attention_edit.comfy_bridge.sampling import edit
+
+    ctrl = build_controller(flux["clip"].tokenizer, SOURCE, spec, inv.steps)
+    return edit(flux["m"], inv, [_enc(flux, p) for p in spec.target_prompts], ctrl), ctrl
+
+
+@pytest.mark.parametrize("blocks", ["all", "double", "vital"])
+@pytest.mark.parametrize("spec_kw", [
+    dict(mode="replace", cross_replace_steps=0.8, self_replace_steps=0.5),
+    dict(mode="refine", cross_replace_steps=(0.2, 0.9), self_replace_steps=1.0),
+    dict(equalizer=(("cat", 1.0),)),
+], ids=["replace", "refine", "reweight_1"])
+def test_identity_edit_equals_the_reconstruction_and_the_controller_acts(flux, inv, spec_kw, blocks):
+    """The source prompt as the edited prompt with the source's maps injected changes nothing (up to the explicit
+    softmax's rounding), in every block choice; the same spec with the word 'cat' zeroed (equalizer 0) changes the
+    edited row and never the source row."""
+    from attention_edit.attention.recipe import EditSpec
+    from attention_edit.comfy_bridge.sampling import edit
+
+    base = edit(flux["m"], inv, [])
+    spec = EditSpec(target_prompts=(SOURCE,), mmdit_blocks=blocks, **spec_kw)
+    out, ctrl = _run(flux, inv, spec)
+    scale = float(base.abs().max())
+    assert float((out[1] - out[0]).abs().max()) < 1e-5 * scale
+    assert float((out[0] - base[0]).abs().max()) < 1e-5 * scale
+    if blocks != "vital":  # the tiny model has 2 + 2 blocks: FLUX.1-dev's vital blocks 0, 1 (double) exist
+        assert ctrl.store.resolutions() == [(4, 4)]  # the image->text maps of the 8x8 latent's 2x2 patches
+    import dataclasses
+
+    window = spec.cross_replace_steps if spec.mode != "refine" else (0.0, 0.9)
+    zeroed, _ = _run(flux, inv, dataclasses.replace(spec, equalizer=(("cat", 0.0),), cross_replace_steps=window))
+    assert float((zeroed[1] - out[1]).abs().max()) > 1e-3
+    assert torch.equal(zeroed[0], out[0])
+
+
+def test_word_swap_injects_the_mapped_source_maps_and_rows_stay_normalised(flux, inv):
+    """Inside the window every token column of the edited row's image->text block is the source's (through the
+    word-swap mapper: here the identity, 'cat' -> 'dog' have one T5 token each); the joint rows still sum to 1;
+    text-query rows and the source row are untouched; image->image injection copies the source's block."""
+    from attention_edit.attention.controllers import LayerInfo
+    from attention_edit.attention.recipe import EditSpec, build_controller
+    from attention_edit.comfy_bridge.flux_attention import JointAttentionControl
+
+    spec = EditSpec(target_prompts=("a photo of a dog",), cross_replace_steps=0.5, self_replace_steps=0.5)
+    ctrl = build_controller(flux["clip"].tokenizer, SOURCE, spec, STEPS)
+    T, hw = 256, (8, 8)
+    jc = JointAttentionControl(ctrl, T, hw)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, T + 16, 32, generator=g), torch.randn(2, 2, T + 16, 32, generator=g)
+    plain = torch.softmax(q @ k.transpose(-1, -2) * 32 ** -0.5, -1)
+    for step, inside in ((0, True), (5, False)):
+        info = LayerInfo(step, STEPS, True, (4, 4), hw)
+        p = jc.joint_probs(q, k, info, self_on=inside)
+        assert torch.allclose(p.sum(-1), torch.ones(2, 2, T + 16), atol=1e-5)
+        assert torch.equal(p[:, :, :T], plain[:, :, :T])  # text queries
+        assert torch.equal(p[0], plain[0])  # the source row
+        if inside:
+            src_text = plain[0, :, T:, :T]
+            assert torch.allclose(p[1, :, T:, :T], src_text @ ctrl.edits[0].mapper, atol=1e-6)
+            img = p[1, :, T:, T:]
+            src_img = plain[0, :, T:, T:]
+            # the image block is the source's, rescaled to what the injected text block leaves
+            assert torch.allclose(img / img.sum(-1, keepdim=True), src_img / src_img.sum(-1, keepdim=True),
+                                  atol=1e-5)
+        else:
+            assert torch.allclose(p[1], plain[1], atol=1e-6)
+
+
+def test_stacks_with_another_packs_block_patch_and_leaks_nothing(flux, inv):
+    """Another pack's double-block replace patch (patches_replace["dit"]) and the edit act together; afterwards the
+    MODEL samples exactly as before and its options are unchanged."""
+    import comfy.sample
+
+    from attention_edit.attention.recipe import EditSpec, build_controller
+    from attention_edit.comfy_bridge.sampling import edit
+
+    m = flux["m"]
+    before_opts = repr(m.model_options)
+
+    def plain():
+        noise = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
+        c = flux["cond"]
+        return comfy.sample.sample(m, noise, 4, 1.0, "euler", "simple", c, c, torch.zeros((1, 16, 8, 8)), seed=3)
+
+    before = plain()
+
+    def other_pack(args, extra):  # e.g. a guidance pack scaling one block's image stream
+        out = extra["original_block"](args)
+        return {"img": out["img"] * 1.05, "txt": out["txt"]}
+
+    other = m.clone()
+    other.set_model_patch_replace(other_pack, "dit", "double_block", 0)
+    # a reweight, strong enough to see on a random model (whose maps are nearly flat over 256 T5 tokens)
+    spec = EditSpec(target_prompts=("a photo of a dog",), self_replace_steps=0.5, equalizer=(("dog", 0.0),))
+    dog = [_enc(flux, "a photo of a dog")]
+    both = edit(other, inv, dog, build_controller(flux["clip"].tokenizer, SOURCE, spec, STEPS))
+    ours = edit(m, inv, dog, build_controller(flux["clip"].tokenizer, SOURCE, spec, STEPS))
+    theirs = edit(other, inv, dog, None)
+    assert float((both - ours).abs().max()) > 1e-4, "the other pack's patch had no effect next to the edit"
+    assert float((both[1] - theirs[1]).abs().max()) > 1e-4, "the edit had no effect next to the other pack's patch"
+    assert float((both[0] - theirs[0]).abs().max()) < 1e-5 * float(theirs.abs().max())
+    assert torch.equal(plain(), before) and repr(m.model_options) == before_opts
+
+
+def test_local_blend_keeps_the_source_outside_the_mask(flux, inv):
+    from attention_edit.attention.recipe import EditSpec, LocalBlendSpec
+
+    def run_with(threshold):
+        spec = EditSpec(target_prompts=("a photo of a dog",),
+                        local_blend=LocalBlendSpec(("cat",), ("dog",), use="source", start=0.0, threshold=threshold))
+        return _run(flux, inv, spec)
+
+    _, probe = run_with(0.0)
+    maps = probe.store.average((4, 4))[0][..., 6]
+    out, ctrl = run_with(float((maps / maps.max()).median()))
+    proc = flux["m"].model.process_latent_in
+    mask = ctrl.local_blend.masks(ctrl.store, out.shape[-2:])[0, 0].bool()
+    assert 0 < mask.float().mean() < 1, "degenerate mask"
+    d = (proc(out[1:2]) - proc(out[0:1]))[0].abs().amax(0)
+    assert d[~mask].max() < 1e-6 and d[mask].max() > 1e-4
+
+
+def test_flux_word_swap_through_the_executor_with_save_load_and_preview(comfy):
+    """The nodes on a Flux model (the loader's random Flux.1): Invert Image (rf_solver, the default scheduler meaning
+    Flux's 'simple'), Save / Load Inversion (no null-text embeddings; the family recorded), Prompt-to-Prompt Edit
+    (flux_blocks) -> Edit Sampler -> VAE Decode, and the attention-map preview of the T5 tokens."""
+    from attention_edit.headless.photos import save_input_photo
+
+    img = save_input_photo("cat", 64)
+    g = {
+        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": "random Flux.1 (untrained test model)", "seed": 0}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": img}},
+        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "AE_InvertImage", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "latent": ["3", 0], "source_prompt": SOURCE, "method": "rf_solver",
+            "steps": 4, "cfg": 1.0, "scheduler": "p2p_ddim", "num_inner_steps": 1, "early_stop_epsilon": 1e-5,
+            "learning_rate": 0.01}},
+        "5": {"class_type": "AE_SaveInversion", "inputs": {"inversion": ["4", 0], "filename_prefix": "flux_cat"}},
+        "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
+                                                     "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
+                                                     "self_replace_max_resolution": "1/4 (16x16 at 512px)",
+                                                     "flux_blocks": "double"}},
+        "7": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                            "inversion": ["4", 0], "edit": ["6", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "AE_AttentionMapPreview", "inputs": {"attention": ["7", 3], "prompt_index": 1,
+                                                                 "cell_size": 32}},
+    }
+    res = comfy.run_workflow(g, outputs=["5", "7", "8", "9"])
+    inv = res.value("4", 0)
+    assert inv.method == "rf_solver" and inv.family == "flux" and inv.steps == 4 and inv.uncond == []
+    assert res.value("8", 0).shape == (2, 64, 64, 3)
+    assert res.value("9", 0).shape[2] == 7 * 32  # one cell per T5 piece of "a photo of a dog" (▁ a photo of ▁ a dog)
+    saved = res["outputs"]["5"]["text"][0]
+    g2 = {k: v for k, v in g.items() if k in ("1", "6")}
+    g2["10"] = {"class_type": "AE_LoadInversion", "inputs": {"file": saved}}
+    g2["11"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                              "inversion": ["10", 0], "edit": ["6", 0]}}
+    res2 = comfy.run_workflow(g2, outputs=["11"])
+    assert torch.equal(res2.value("11", 0)["samples"], res.value("7", 0)["samples"])

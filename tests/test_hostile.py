@@ -362,15 +362,15 @@ def test_a_pickle_payload_is_never_run(comfy_server, tmp_path):
 
 
 def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_server):
-    """A MODEL the pack cannot edit with (here a tiny Flux.1 model built from ComfyUI's own Flux classes) is refused
-    by every AE_* node that takes a MODEL, before any work starts, with one message naming the node, the model's
-    family and what is supported."""
+    """A MODEL the pack cannot edit with (here a tiny SDXL refiner built from ComfyUI's own SDXLRefiner classes) is
+    refused by every AE_* node that takes a MODEL, before any work starts, with one message naming the node, the
+    model's family and what is supported."""
     import nodes as comfy_nodes
 
-    from attention_edit.comfy_bridge.models import build_tiny_flux_model, model_family
+    from attention_edit.comfy_bridge.models import build_tiny_sdxl_refiner, model_family
 
-    flux = build_tiny_flux_model()
-    assert model_family(flux) == "Flux"
+    flux = build_tiny_sdxl_refiner()
+    assert model_family(flux) == "SDXLRefiner"
     info = comfy_server.object_info()
     tried = []
     for node_id, spec in sorted(info.items()):
@@ -384,7 +384,8 @@ def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_s
             cls.execute(**kwargs)
         msg = str(ei.value)
         short = spec["display_name"].split(" (")[0]  # "Invert Image (Null-text / DDIM)" -> "Invert Image"
-        assert msg.startswith(short) and ": this MODEL is Flux" in msg and "SD1.x checkpoints" in msg, (node_id, msg)
-        assert "MM-DiT models such as Flux and SD3 are not supported yet" in msg, msg
+        assert msg.startswith(short) and ": this MODEL is SDXLRefiner" in msg and "SD1.x checkpoints" in msg, \
+            (node_id, msg)
+        assert "SD3 are not supported yet" in msg, msg
         tried.append(node_id)
     assert len(tried) >= 9, tried  # inversion, edit sampler, 2 trainers, concept load/export, 3 Imagic nodes

@@ -177,11 +177,11 @@ def test_invert_images_batch_node_refuses_a_prompt_count_that_does_not_match(com
 
 
 def test_sd2_and_sdxl_models_are_taken_and_flux_is_refused_naming_all_three(comfy):
-    """The per-node family check: SD2.x v-prediction and SDXL MODELs pass it, a Flux MODEL is refused with its
-    family and the three supported families named."""
+    """The per-node family check: SD2.x v-prediction and SDXL MODELs pass it, a Flux MODEL is refused by a node
+    that does not take Flux (concept training) with its family and the three supported families named."""
     from attention_edit.comfy_bridge.models import build_tiny_flux_model, model_family, prediction_type, \
         require_supported
-    from attention_edit.nodes.common import EDIT_FAMILIES
+    from attention_edit.nodes.common import TRAIN_FAMILIES as EDIT_FAMILIES
     from attention_edit.nodes.toyworld_nodes import load_toyworld
 
     sd2, _, _ = load_toyworld(RANDOM_SD2_V)
@@ -193,7 +193,7 @@ def test_sd2_and_sdxl_models_are_taken_and_flux_is_refused_naming_all_three(comf
     with pytest.raises(ValueError) as e:
         require_supported("Train Custom Diffusion", build_tiny_flux_model(), EDIT_FAMILIES)
     msg = str(e.value)
-    assert msg.startswith("Train Custom Diffusion: this MODEL is Flux") and "SD1.x checkpoints" in msg and \
+    assert msg.startswith("Train Custom Diffusion: this MODEL is Flux.1") and "SD1.x checkpoints" in msg and \
         "SD2.x checkpoints" in msg and "SDXL checkpoints" in msg, msg
 
 
