@@ -19,7 +19,9 @@ joint probabilities softmax(q k^T / sqrt(d)) in float32, then, for the image-que
   row sums to 1 again (the text mass the edit asked for is kept, the image keys share what is left); when the new
   text mass alone reaches 1 the whole row is divided by its sum.
 
-Text-query rows are never edited. ``attention.processor.step_index`` maps the current sigma to its step interval
+Text-query rows are never edited. The probabilities are computed a group of heads at a time
+(``JointAttentionControl.max_bytes``), so the memory of an edited block stays bounded at any image size.
+``attention.processor.step_index`` maps the current sigma to its step interval
 (midpoint evaluations of the second-order solvers included).
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..attention.controllers import LayerInfo, P2PController
 from ..attention.processor import step_index
 from ..attention.recipe import MMDIT_BLOCKS
 
-__all__ = ["JointAttentionControl", "install_flux_controller", "FLUX_BLOCKS", "controlled_blocks"]
+__all__ = ["JointAttentionControl", "install_flux_controller", "FLUX_BLOCKS", "controlled_blocks", "head_group"]
 
 #: which blocks are controlled: "all", "double" (the double-stream blocks only) or "vital" (Stable Flow's vital
 #: layers of FLUX.1-dev: double 0, 1, 17, 18 and single 6, 9, 34, 35, 37; Avrahami et al. 2024, sec. 3.1)
@@ -51,10 +53,25 @@ def controlled_blocks(policy: str, block_type: Optional[str], block_index: Optio
     raise ValueError(f"unknown block policy {policy!r}; choose one of {FLUX_BLOCKS}")
 
 
+def head_group(prompts: int, heads: int, length: int, max_bytes: int) -> int:
+    """The largest divisor g of ``heads`` whose float32 probabilities [prompts, g, length, length] fit ``max_bytes``
+    (at least 1): equal groups keep the recorded maps' head average exact."""
+    per_head = prompts * length * length * 4
+    best = 1
+    for g in range(1, heads + 1):
+        if heads % g == 0 and g * per_head <= max_bytes:
+            best = g
+    return best
+
+
 class JointAttentionControl:
     """The ``optimized_attention_override`` of an edit (see the module docstring). ``text_len``: the number of text
     tokens T at the front of the joint sequence; ``latent_hw``: (H, W) of the latent (the image tokens are its
     2x2 patches)."""
+
+    #: the largest explicit probability tensor one group of heads may take (bytes); Flux.1 at 1024x1024 has
+    #: L = 256 + 4096 tokens, so one head of one prompt is 76 MB in float32
+    max_bytes = 1 << 30
 
     def __init__(self, controller: P2PController, text_len: int, latent_hw: tuple, blocks: str = "all",
                  previous=None):
@@ -113,8 +130,13 @@ class JointAttentionControl:
         P = ctrl.num_prompts
         c = chunks.index(0)
         sl = slice(c * P, (c + 1) * P)
-        probs = self.joint_probs(q[sl].float(), k[sl].float(), info, self_on)
-        edited = (probs @ v[sl].float()).to(q.dtype)                       # [P, h, L, d]
+        qc, kc, vc = q[sl].float(), k[sl].float(), v[sl].float()
+        group = head_group(P, qc.shape[1], qc.shape[2], self.max_bytes)
+        parts = []
+        for h0 in range(0, qc.shape[1], group):  # a few heads at a time: [P, g, L, L] float32 stays within max_bytes
+            hs = slice(h0, h0 + group)
+            parts.append(self.joint_probs(qc[:, hs], kc[:, hs], info, self_on) @ vc[:, hs])
+        edited = torch.cat(parts, 1).to(q.dtype)                              # [P, h, L, d]
         edited = edited.transpose(1, 2).reshape(P, edited.shape[2], -1)
         if len(chunks) == 1:
             return edited

@@ -29,7 +29,7 @@ import torch
 
 __all__ = ["encode", "sd_tokenizers", "vocab_of", "check_new_token", "embedding_width", "token_rows",
            "clip_with_embeddings", "PromptEncoder", "route_tokenizer", "conditioning_options", "encoders",
-           "split_vectors", "join_vectors"]
+           "split_vectors", "join_vectors", "flux_tokenizer", "with_guidance"]
 
 
 def encode(clip, prompt: str):
@@ -46,6 +46,18 @@ def route_tokenizer():
     import comfy.sd1_clip
 
     return comfy.sd1_clip.SDTokenizer()
+
+
+def flux_tokenizer():
+    """ComfyUI's Flux tokenizer (CLIP-L + T5-XXL sentencepiece), without a text encoder."""
+    import comfy.text_encoders.flux
+
+    return comfy.text_encoders.flux.FluxTokenizer()
+
+
+def with_guidance(cond, guidance: float):
+    """A copy of a CONDITIONING with Flux's guidance-embedding value set (what core FluxGuidance does)."""
+    return [[c[0], {**(c[1] or {}), "guidance": float(guidance)}] for c in cond]
 
 
 def sd_tokenizers(clip) -> list:

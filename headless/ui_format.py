@@ -51,6 +51,8 @@ WORKFLOW_NOTES = {
                           "word swap (cat -> dog).",
     "p2p_word_swap_sd2": "SD2.x 768-v (v-prediction): null-text inversion of a 768x768 photo (cfg 7.5, 50 steps), then "
                          "a Prompt-to-Prompt word swap (cat -> dog).",
+    "p2p_word_swap_flux": "Flux.1-dev: rectified-flow inversion of a 1024x1024 photo (RF-Solver, 28 steps, guidance "
+                          "3.5), then a Prompt-to-Prompt word swap (cat -> dog) on the joint attention of every block.",
 }
 
 #: the part of every note that says how to run the workflow without a Stable Diffusion checkpoint
@@ -74,7 +76,8 @@ FAMILY_NO_CHECKPOINT_NOTE = (
     "`python -m attention_edit.runner <workflow>` does this by itself.")
 #: test model -> (family, a real checkpoint's photo size, the test model's size)
 FAMILY_OF_TEST_MODEL = {"random SDXL (untrained test model)": ("SDXL", 1024, 128),
-                        "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64)}
+                        "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64),
+                        "random Flux.1 (untrained test model)": ("Flux.1", 1024, 64)}
 
 
 def workflow_note(name: str, api: Mapping[str, Any] | None = None) -> str:

@@ -345,3 +345,41 @@ def test_flux_word_swap_through_the_executor_with_save_load_and_preview(comfy):
                                                               "inversion": ["10", 0], "edit": ["6", 0]}}
     res2 = comfy.run_workflow(g2, outputs=["11"])
     assert torch.equal(res2.value("11", 0)["samples"], res.value("7", 0)["samples"])
+
+
+def test_head_groups_give_the_same_edit(flux, inv, monkeypatch):
+    """Computing the edited probabilities one head at a time (a small memory budget) gives the same edit and the
+    same recorded maps as all heads at once."""
+    from attention_edit.attention.recipe import EditSpec
+    from attention_edit.comfy_bridge.flux_attention import JointAttentionControl, head_group
+
+    assert head_group(2, 24, 4352, 1 << 30) == 6 and head_group(2, 24, 4352, 1) == 1  # 151 MB per head
+    spec = EditSpec(target_prompts=("a photo of a dog",), self_replace_steps=0.5, equalizer=(("dog", 3.0),))
+    whole, c1 = _run(flux, inv, spec)
+    monkeypatch.setattr(JointAttentionControl, "max_bytes", 1)
+    split, c2 = _run(flux, inv, spec)
+    assert float((whole - split).abs().max()) < 1e-5 * float(whole.abs().max())
+    assert torch.allclose(c1.store.average((4, 4)), c2.store.average((4, 4)), atol=1e-6)
+
+
+def test_schnell_architecture_inverts_and_edits_at_few_steps(comfy):
+    """Flux.1-schnell's architecture (no guidance embedding, ComfyUI's FluxSchnell config and its flow model
+    sampling): a 4-step RF-Solver inversion and a word swap run; the inversion advice applies (few steps)."""
+    from attention_edit.attention.recipe import EditSpec, build_controller
+    from attention_edit.comfy_bridge.flux_models import build_flux
+    from attention_edit.comfy_bridge.models import model_family, prediction_type
+    from attention_edit.comfy_bridge.sampling import edit, invert, replay_schedule
+    from attention_edit.headless.photos import photo
+    from attention_edit.inversion.core import inversion_advice
+
+    m, clip, vae = build_flux("tiny_flux_schnell", seed=0)
+    assert (model_family(m), prediction_type(m)) == ("flux", "flow")
+    enc = lambda p: clip.encode_from_tokens_scheduled(clip.tokenize(p))  # noqa: E731
+    with torch.no_grad():
+        latent = vae.encode(photo("cat", 64)[..., :3])
+    inv = invert(m, latent, enc(SOURCE), enc(SOURCE), replay_schedule(m, "simple", 4), method="rf_solver",
+                 source_prompt=SOURCE)
+    ctrl = build_controller(clip.tokenizer, SOURCE, EditSpec(target_prompts=("a photo of a dog",)), 4)
+    out = edit(m, inv, [enc("a photo of a dog")], ctrl)
+    assert out.shape == (2, 16, 8, 8) and torch.isfinite(out).all()
+    assert any("is coarse" in n for n in inversion_advice(4, 1.0, "rf_solver"))
