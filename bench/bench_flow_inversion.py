@@ -16,7 +16,8 @@ per-block cost).
 
     python bench/bench_flow_inversion.py                         # tiny Flux, CPU
     python bench/bench_flow_inversion.py --model toyworld        # the ToyWorld MM-DiT
-    python bench/bench_flow_inversion.py --full-size --steps 2   # CPU: 1 + 1 Flux.1-width blocks at 1024x1024
+    python bench/bench_flow_inversion.py --full-size --steps 2   # 1 + 1 Flux.1-width blocks at 1024x1024 (slow on CPU)
+    python bench/bench_flow_inversion.py --full-size --steps 2 --size 256   # the code path, quickly, on a CPU
     python bench/bench_flow_inversion.py --full-size --double 19 --single 38 --steps 28   # a GPU
 """
 from __future__ import annotations
@@ -121,13 +122,14 @@ def full_size(args) -> int:
     m = flux_model(cfg, 0)
     n = sum(p.numel() for p in m.model.diffusion_model.parameters())
     print(f"\n### P2P on joint attention, Flux.1 width ({args.double} double + {args.single} single blocks, "
-          f"{n / 1e9:.2f} B parameters, built in {time.perf_counter() - t0:.0f} s), 1024x1024, {args.steps} steps, "
+          f"{n / 1e9:.2f} B parameters, built in {time.perf_counter() - t0:.0f} s), {args.size}x{args.size}, "
+          f"{args.steps} steps, "
           f"device {host.torch_device()}\n")
     g = torch.Generator().manual_seed(0)
     src, tgt = "a photo of a cat", "a photo of a dog"
     conds = [[[torch.randn(1, 256, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]
              for _ in range(2)]
-    latent = torch.randn(1, 16, 128, 128, generator=g)
+    latent = torch.randn(1, 16, args.size // 8, args.size // 8, generator=g)
     sig = replay_schedule(m, "simple", args.steps)
     inv = Inversion(x_T=latent, sigmas=sig, source_prompt=src, source_cond=conds[0], uncond=[], guidance_scale=1.0,
                     method="rf_euler", latent=latent, family="flux", prediction="flow")
@@ -171,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--double", type=int, default=1)
     ap.add_argument("--single", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2, help="--full-size: sampling steps")
+    ap.add_argument("--size", type=int, default=1024, help="--full-size: image side in pixels (default 1024)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
