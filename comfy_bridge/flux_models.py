@@ -133,6 +133,7 @@ def build_flux_model(cfg: FluxConfig, seed: int = 0, unet_sd: dict | None = None
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, "", device="cpu")
     if unet_sd:
+        unet_sd = _host_norm_names(unet_sd, model.diffusion_model.state_dict().keys())
         m, u = model.diffusion_model.load_state_dict({k: v.float() for k, v in unet_sd.items()}, strict=False)
         if m or u:
             raise KeyError(f"Flux transformer weights do not match the config: missing {m[:3]}, unexpected {u[:3]}")
@@ -142,6 +143,21 @@ def build_flux_model(cfg: FluxConfig, seed: int = 0, unet_sd: dict | None = None
                                           offload_device=mm.unet_offload_device())
     model.toy_config = cfg
     return mp
+
+
+def _host_norm_names(sd: dict, expected) -> dict:
+    """The RMSNorm weights of Flux's QK norms are ``*_norm.scale`` on ComfyUI 0.3.75 and ``*_norm.weight`` on 0.33
+    (its Flux config renames checkpoint keys on load): names a file written on one host are renamed to this host's."""
+    expected = set(expected)
+    out = {}
+    for k, v in sd.items():
+        if k not in expected:
+            for a, b in (("_norm.scale", "_norm.weight"), ("_norm.weight", "_norm.scale")):
+                if k.endswith(a) and k[:-len(a)] + b in expected:
+                    k = k[:-len(a)] + b
+                    break
+        out[k] = v
+    return out
 
 
 _model = build_flux_model  # the name the ToyWorld MM-DiT trainer used first
