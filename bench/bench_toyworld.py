@@ -7,6 +7,8 @@
     python bench/bench_toyworld.py --only t2i,inversion,swap --json out/tw_a.json --plot "" &
     python bench/bench_toyworld.py --only refine,reweight --json out/tw_b.json --plot "" ; wait
     python bench/bench_toyworld.py --merge out/tw_a.json out/tw_b.json --plot out/toyworld_bench.png
+    # the ToyWorld MM-DiT (Flux architecture, toyworld/train_mmdit.py), for the UNet / MM-DiT side by side:
+    python bench/bench_toyworld.py --model mmdit --only inversion,swap,refine --cases 16 --plot ""
 
 Prints a markdown table and writes a plot PNG (matplotlib). Cases are seeded: the same command gives the same
 figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per attribute; null-text PSNR >= DDIM
@@ -33,6 +35,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=100, help="cases per type (issue: at least 100)")
     ap.add_argument("--weights", default=None, help="a ToyWorld safetensors (default: the shipped one)")
+    ap.add_argument("--model", choices=("unet", "mmdit"), default="unet",
+                    help="unet: the SD1.x-architecture ToyWorld model; mmdit: the Flux-architecture ToyWorld MM-DiT "
+                         "(rectified flow: RF-Solver inversion at CFG 1; run both for the side-by-side table)")
+    ap.add_argument("--mmdit-weights", default=None, help="the ToyWorld MM-DiT weights (default: the shipped ones)")
+    ap.add_argument("--mmdit-blocks", default="all", choices=("all", "double", "vital"),
+                    help="--model mmdit: the blocks whose joint attention is controlled")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--inner", type=int, default=10, help="null-text inner steps (reference default 10)")
     ap.add_argument("--only", default="t2i,inversion,swap,refine,reweight")
@@ -54,8 +62,13 @@ def main(argv=None):
     host.configure(cpu=not torch.cuda.is_available())
     from attention_edit.bench import editbench as eb
 
-    tm = eb.load_model(args.weights)
-    st = eb.Settings(steps=args.steps, num_inner_steps=args.inner)
+    if args.model == "mmdit":
+        tm = eb.load_mmdit(args.mmdit_weights)
+        st = eb.Settings(steps=args.steps, num_inner_steps=args.inner, mmdit_blocks=args.mmdit_blocks,
+                         **eb.MMDIT_SETTINGS)
+    else:
+        tm = eb.load_model(args.weights)
+        st = eb.Settings(steps=args.steps, num_inner_steps=args.inner)
     only = set(args.only.split(","))
     rows, plot = [], {}
     t0 = time.time()
@@ -67,13 +80,16 @@ def main(argv=None):
             rows.append((f"text-to-image faithfulness: {k}", f"{mean([r[k] for r in res]):.0%}", ">= 90%"))
         plot["t2i"] = {k: mean([r[k] for r in res]) for k in ("shape", "colour", "size", "position")}
     if "inversion" in only:
-        res = [eb.inversion_case(tm, s, st) for s in seeds]
-        for k in ("vae", "ddim", "negative_prompt", "null_text"):
+        methods = ("rf_euler", "fireflow", "rf_solver") if args.model == "mmdit" else ("ddim", "negative_prompt",
+                                                                                       "null_text")
+        res = [eb.inversion_case(tm, s, st, methods) for s in seeds]
+        for k in ("vae",) + methods:
             rows.append((f"reconstruction PSNR, {k}" + (" (encode/decode only)" if k == "vae" else f", cfg {st.cfg}"),
                          f"{mean([r[k] for r in res]):.2f} dB", ""))
-        gain = mean([r["null_text"] - r["ddim"] for r in res])
-        rows.append(("null-text minus DDIM PSNR", f"{gain:+.2f} dB", ">= +5 dB"))
-        plot["inversion"] = {k: mean([r[k] for r in res]) for k in ("ddim", "negative_prompt", "null_text")}
+        gain = mean([r[methods[-1]] - r[methods[0]] for r in res])
+        rows.append((f"{methods[-1]} minus {methods[0]} PSNR", f"{gain:+.2f} dB",
+                     ">= +5 dB" if args.model == "unet" else ""))
+        plot["inversion"] = {k: mean([r[k] for r in res]) for k in methods}
     if "swap" in only:
         for attr in ("colour", "shape"):
             res = [eb.swap_case(tm, s, st, attr) for s in seeds]

@@ -45,6 +45,12 @@ class Settings:
     blend_downscale: float = 1.0      # local-blend masks from the 8x8 maps
     blend_threshold: float = 0.3
     blend_maps: str = "injected"       # LocalBlend.maps
+    mmdit_blocks: str = "all"          # MM-DiT models: the blocks whose joint attention is controlled
+
+
+#: the settings of the ToyWorld MM-DiT (a rectified-flow model trained for CFG 1: RF-Solver inversion, no null-text;
+#: its default scheduler p2p_ddim means 'simple' on a flow model)
+MMDIT_SETTINGS = dict(cfg=1.0, t2i_cfg=1.0, inversion="rf_solver")
 
 
 @dataclass
@@ -61,6 +67,19 @@ class ToyModel:
 
             self._enc[prompt] = encode(self.clip, prompt)
         return self._enc[prompt]
+
+
+def load_mmdit(weights: Optional[str] = None) -> ToyModel:
+    """The ToyWorld MM-DiT (toyworld/train_mmdit.py; ``weights`` or the shipped toyworld_mmdit.safetensors).
+    FileNotFoundError naming the trainer when there are none."""
+    from ..toyworld.train_mmdit import WEIGHTS, load_toyworld_mmdit
+
+    path = weights or WEIGHTS
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no ToyWorld MM-DiT weights at {path}: train them with python -m "
+                                "attention_edit.toyworld.train_mmdit (and --export), or pass --mmdit-weights")
+    m, clip, vae = load_toyworld_mmdit(path, dtype=torch.float32)
+    return ToyModel(m, clip, vae, f"ToyWorld MM-DiT ({os.path.basename(path)})")
 
 
 def load_model(weights: Optional[str] = None) -> ToyModel:
@@ -203,7 +222,7 @@ def _edit(tm: ToyModel, inv, target: str, st: Settings, mode: str, blend_words=N
                             downscale=st.blend_downscale, maps=st.blend_maps)
     spec = EditSpec(target_prompts=(target,), mode=mode, cross_replace_steps=st.cross_replace_steps,
                     self_replace_steps=st.self_replace_steps, self_min_downscale=st.self_min_downscale,
-                    equalizer=tuple(equalizer), local_blend=lb)
+                    equalizer=tuple(equalizer), local_blend=lb, mmdit_blocks=st.mmdit_blocks)
     ctrl = build_controller(tm.clip.tokenizer, inv.source_prompt, spec, inv.steps)
     with torch.no_grad():
         return decode(tm, edit(tm.model, inv, [tm.encode(target)], ctrl))
