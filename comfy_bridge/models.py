@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "build_tiny_flux_model",
     "build_tiny_sdxl_refiner",
+    "build_sdxl_unet",
     "SUPPORTED_MODELS",
     "model_family",
     "require_supported",
@@ -491,6 +492,29 @@ def load_weights(path, dtype: torch.dtype | None = None):
     ``dtype`` None → the comfy.model_management default (fp32 on CPU; fp16 weights are upcast)."""
     cfg, sd, _ = read_weights(path)
     return build_sd1x(cfg, state_dict=sd, dtype=dtype)
+
+
+def build_sdxl_unet(cfg, dtype=None, seed: int = 0):
+    """The UNet (a ModelPatcher) of an SDXL-family SD1xConfig with SDXL's own head layout: ComfyUI's SDXL model
+    config keeps num_head_channels = 64 (10 heads at 640 channels, 20 at 1280), where build_sd1x sets one head count
+    for every level. Seeded weights (init_weights). dtype: the weights' and computation's dtype (None:
+    comfy.model_management's choice, fp32 on the CPU; bench/bench_foundation.py --family sdxl --full-size)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = config_from_any(cfg)
+    model_config = comfy.supported_models.SDXL(unet_config_dict(cfg))
+    load_device = mm.get_torch_device()
+    if dtype is None:
+        unet_dtype = mm.unet_dtype(model_params=0, supported_dtypes=list(model_config.supported_inference_dtypes))
+        model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device,
+                                                                         model_config.supported_inference_dtypes))
+    else:
+        model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "", device="cpu")
+    init_weights(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
 
 def build_tiny_sdxl_refiner(seed: int = 0):
