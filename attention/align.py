@@ -40,8 +40,13 @@ __all__ = [
     "SEQ_LEN",
     "MAX_PROMPT_TOKENS",
     "T5_SEQ_LEN",
+    "T5_SEQ_LENS",
     "Stream",
     "stream_of",
+    "FixedLength",
+    "fixed_length",
+    "t5_sequence_length",
+    "common_length",
     "Alignment",
     "Window",
     "CrossReplaceSteps",
@@ -66,33 +71,105 @@ MAX_PROMPT_TOKENS = SEQ_LEN - 2
 #: The token section of ComfyUI's Flux tokenizer that the model attends to (T5-XXL).
 T5_KEY = "t5xxl"
 #: Length of the T5 sequence of ComfyUI's Flux conditioning (its T5 tokenizer pads to at least 256: no start token,
-#: the prompt's tokens, the end token, padding); the pack aligns prompts of up to T5_SEQ_LEN - 1 tokens.
+#: the prompt's tokens, the end token, padding).
 T5_SEQ_LEN = 256
+#: The T5 sequence lengths of the pack's Flux conditionings: ComfyUI's own 256 while every prompt of an edit fits in
+#: 255 tokens, else 512 (the longest T5 sequence Flux.1-dev was trained with: ``max_sequence_length`` of diffusers'
+#: FluxPipeline). All prompts of one edit share one length, because the source's and the edited prompts' maps are
+#: indexed position by position (see :func:`fixed_length`).
+T5_SEQ_LENS = (T5_SEQ_LEN, 512)
 
 
 @dataclass(frozen=True)
 class Stream:
     """The token sequence a model's attention maps are indexed by: ``name`` (for messages), ``offset`` (1 when a
-    start token comes first: CLIP; 0 for T5), ``seq_len`` (positions of the conditioning) and ``limit`` (prompt
-    tokens that fit)."""
+    start token comes first: CLIP; 0 for T5), ``seq_len`` (positions of the conditioning), ``lengths`` (the
+    sequence lengths a stream may take, shortest first; a single one for CLIP) and ``limit`` (prompt tokens that
+    fit the longest)."""
 
     name: str
     offset: int
     seq_len: int
+    lengths: tuple = ()
 
     @property
     def limit(self) -> int:
-        return self.seq_len - self.offset - 1
+        return max(self.lengths or (self.seq_len,)) - self.offset - 1
+
+    def length_for(self, num_tokens: int) -> int:
+        """The shortest allowed sequence length that holds ``num_tokens`` prompt tokens (with the start and end
+        tokens); the longest one when none does (the caller's limit check names the problem)."""
+        need = num_tokens + self.offset + 1
+        for n in sorted(self.lengths or (self.seq_len,)):
+            if n >= need:
+                return n
+        return max(self.lengths or (self.seq_len,))
+
+    def fixed(self, seq_len: int) -> "Stream":
+        """This stream at one length: ``seq_len`` positions, prompts of up to ``seq_len - offset - 1`` tokens."""
+        return Stream(self.name, self.offset, int(seq_len), (int(seq_len),))
 
 
 CLIP_STREAM = Stream("CLIP", 1, SEQ_LEN)
-T5_STREAM = Stream("T5", 0, T5_SEQ_LEN)
+T5_STREAM = Stream("T5", 0, T5_SEQ_LEN, T5_SEQ_LENS)
+
+
+class FixedLength:
+    """A tokenizer holder whose conditionings all have ``seq_len`` positions (see :func:`fixed_length`)."""
+
+    def __init__(self, tokenizer: Any, seq_len: int):
+        self.inner = tokenizer
+        self.seq_len = int(seq_len)
+
+
+def fixed_length(tokenizer: Any, seq_len: Any) -> Any:
+    """``tokenizer`` with every prompt's maps sized for ``seq_len`` token positions (``None``: unchanged).
+
+    The edit glue uses it on Flux, where the T5 sequence length depends on the prompts (:data:`T5_SEQ_LENS`): it
+    encodes every prompt of an edit at one length and gives the alignment functions this holder, so mappers,
+    windows and equalizers have that many positions. Every function here accepts it where a tokenizer is taken.
+    A prompt longer than ``seq_len - 1`` tokens is refused by them with the usual message."""
+    if seq_len is None:
+        return tokenizer
+    if isinstance(tokenizer, FixedLength):
+        tokenizer = tokenizer.inner
+    return FixedLength(tokenizer, seq_len)
+
+
+def t5_sequence_length(num_tokens: int) -> int:
+    """The T5 sequence length (256 or 512, :data:`T5_SEQ_LENS`) for prompts of up to ``num_tokens`` tokens.
+
+    Raises:
+        ValueError: more than 511 tokens (the message gives the count and says to shorten the prompt)."""
+    if num_tokens > T5_STREAM.limit:
+        raise ValueError(f"the prompt has {num_tokens} T5 tokens but the limit is {T5_STREAM.limit} (Flux.1 was "
+                         f"trained with T5 sequences of up to {max(T5_SEQ_LENS)}); shorten it")
+    return T5_STREAM.length_for(num_tokens)
+
+
+def common_length(tokenizer: Any, prompts: Sequence[str]) -> int:
+    """The one sequence length that every prompt of an edit is encoded and aligned at: 77 for CLIP; for T5 the
+    shortest of :data:`T5_SEQ_LENS` that holds the longest prompt (so a short edit keeps ComfyUI's own 256).
+
+    Raises:
+        ValueError: a prompt longer than the stream's limit (75 CLIP / 511 T5 tokens), naming it."""
+    st = stream_of(tokenizer)
+    worst = 0
+    for p in prompts:
+        n = token_count(tokenizer, p)
+        if n > st.limit:
+            raise ValueError(f"the prompt {p[:60]!r}{'...' if len(p) > 60 else ''} has {n} {st.name} tokens but the "
+                             f"limit is {st.limit}; shorten it (remove words)")
+        worst = max(worst, n)
+    return st.length_for(worst)
 
 
 def stream_of(tokenizer: Any) -> Stream:
-    """:data:`T5_STREAM` for a tokenizer holder whose model attends to T5 tokens (Flux), else :data:`CLIP_STREAM`."""
+    """:data:`T5_STREAM` for a tokenizer holder whose model attends to T5 tokens (Flux), else :data:`CLIP_STREAM`;
+    for a :class:`FixedLength` holder, that stream at its length."""
     hf = hf_tokenizer(tokenizer)
-    return T5_STREAM if getattr(hf, "bos_token_id", 0) is None else CLIP_STREAM
+    st = T5_STREAM if getattr(hf, "bos_token_id", 0) is None else CLIP_STREAM
+    return st.fixed(tokenizer.seq_len) if isinstance(tokenizer, FixedLength) else st
 
 
 #: Largest equalizer factor magnitude (the references use 2-10; beyond this the maps overflow float16/32 math).
@@ -135,7 +212,7 @@ def hf_tokenizer(tokenizer: Any) -> Any:
 
     Raises ``TypeError`` when no such tokenizer can be found.
     """
-    obj = tokenizer
+    obj = tokenizer.inner if isinstance(tokenizer, FixedLength) else tokenizer
     for _ in range(6):
         if callable(getattr(obj, "encode", None)) and callable(getattr(obj, "decode", None)):
             return obj
@@ -172,7 +249,7 @@ def comfy_tokenizer(tokenizer: Any) -> Any:
     """The ComfyUI tokenizer whose ``tokenize_with_weights`` applies ComfyUI's prompt syntax (``embedding:name``,
     ``(word:1.2)`` weights, rewrites such as a Custom Diffusion modifier token), or None for a plain HF tokenizer.
     Accepts a ``comfy.sd.CLIP`` (uses its ``.tokenizer``), an ``SD1Tokenizer`` or an ``SDTokenizer``."""
-    obj = tokenizer
+    obj = tokenizer.inner if isinstance(tokenizer, FixedLength) else tokenizer
     inner = getattr(obj, "tokenizer", None)
     if inner is not None and callable(getattr(inner, "tokenize_with_weights", None)) and \
             not callable(getattr(obj, "tokenize_with_weights", None)):
@@ -246,10 +323,12 @@ class _Tokenized:
     Custom Diffusion modifier token as one vector; with a plain HF tokenizer they are its BPE ids.
     """
 
-    def __init__(self, tok: Any, prompt: str, role: str = "prompt", ctok: Any = None):
+    def __init__(self, tok: Any, prompt: str, role: str = "prompt", ctok: Any = None, seq_len: Any = None):
         self.prompt = prompt
         self._ctok = ctok
         self.stream = T5_STREAM if tok.bos_token_id is None else CLIP_STREAM
+        if seq_len is not None:
+            self.stream = self.stream.fixed(seq_len)
         head = [tok.bos_token_id] if self.stream.offset else []
         if ctok is not None:
             whole = _comfy_ids(ctok, tok, prompt)
@@ -259,10 +338,13 @@ class _Tokenized:
         self.num_tokens = len(self.ids) - self.stream.offset - 1
         limit = self.stream.limit
         if self.num_tokens > limit:
+            longest = limit + self.stream.offset + 1
             raise ValueError(
                 f"the {role} has {self.num_tokens} {self.stream.name} tokens but the limit is {limit}; "
-                f"shorten it (remove words) so that its attention maps fit the {self.stream.seq_len}-token sequence"
+                f"shorten it (remove words) so that its attention maps fit the {longest}-token sequence"
             )
+        # the shortest sequence that holds it (T5: 256 or 512; CLIP: 77); a FixedLength holder's length
+        self.stream = self.stream.fixed(self.stream.length_for(self.num_tokens))
         self.words = prompt_words(prompt)
         # CLIP's pre-tokenizer never merges across whitespace, so the prompt's tokens are the concatenation
         # of each word's tokens; positions follow by accumulation (BOS occupies position 0).
@@ -302,7 +384,17 @@ class _Tokenized:
 def _tokenized(tokenizer: Any, prompt: str, role: str = "prompt") -> _Tokenized:
     if not isinstance(prompt, str):
         raise TypeError(f"the {role} must be a string, got {type(prompt).__name__}")
-    return _Tokenized(hf_tokenizer(tokenizer), prompt, role, comfy_tokenizer(tokenizer))
+    seq_len = tokenizer.seq_len if isinstance(tokenizer, FixedLength) else None
+    return _Tokenized(hf_tokenizer(tokenizer), prompt, role, comfy_tokenizer(tokenizer), seq_len)
+
+
+def _same_length(*ts: _Tokenized) -> None:
+    """Gives prompts that are aligned with each other one sequence length, the longest of theirs (T5: a 255-token
+    source and a 300-token edit are both indexed on 512 positions; CLIP: always 77)."""
+    n = max(t.seq_len for t in ts)
+    for t in ts:
+        if t.seq_len != n:
+            t.stream = t.stream.fixed(n)
 
 
 def token_count(tokenizer: Any, prompt: str) -> int:
@@ -498,6 +590,7 @@ def replacement_mapper(tokenizer: Any, source: str, target: str) -> torch.Tensor
     """
     src = _tokenized(tokenizer, source, "source prompt")
     tgt = _tokenized(tokenizer, target, "edited prompt")
+    _same_length(src, tgt)
     return _replacement_from(src, tgt)
 
 
@@ -581,6 +674,7 @@ def refinement_mapper(tokenizer: Any, source: str, target: str) -> tuple[torch.T
     """
     src = _tokenized(tokenizer, source, "source prompt")
     tgt = _tokenized(tokenizer, target, "edited prompt")
+    _same_length(src, tgt)
     return _refinement_from(src, tgt)
 
 
@@ -635,6 +729,7 @@ def align_prompts(tokenizer: Any, source: str, target: str, mode: str = "auto") 
         raise ValueError("the edited prompt is empty; write the source prompt with your edit applied")
     src = _tokenized(tokenizer, source, "source prompt")
     tgt = _tokenized(tokenizer, target, "edited prompt")
+    _same_length(src, tgt)
     same_count = len(src.words) == len(tgt.words)
     if mode == "replace" or (mode == "auto" and same_count):
         return Alignment("replace", _replacement_from(src, tgt), torch.ones(src.seq_len, dtype=torch.float32))
@@ -726,6 +821,7 @@ def cross_replace_alpha(
         return slice(int(window[0] * rows), int(window[1] * rows))
 
     targets = [_tokenized(tokenizer, p, "edited prompt") for p in prompts[1:]]
+    _same_length(*targets)
     alpha = torch.zeros(rows, len(prompts) - 1, targets[0].seq_len, dtype=torch.float32)
     alpha[row_range(default)] = 1.0
     for key, value in spec.items():

@@ -101,6 +101,9 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
     if not spec.target_prompts:
         raise ValueError("the edit has no edited prompt; type at least one edited prompt")
     prompts = [source_prompt] + list(spec.target_prompts)
+    # every prompt's maps on one sequence length (CLIP: 77; T5: 256, or 512 when a prompt needs it), the length
+    # the edit glue encodes all the prompts at (align.common_length)
+    tokenizer = align.fixed_length(tokenizer, align.common_length(tokenizer, prompts))
     alpha = align.cross_replace_alpha(tokenizer, prompts, num_steps, spec.cross_replace_steps)  # [N+1, P-1, 77]
     edits = []
     for i, target in enumerate(spec.target_prompts):
@@ -228,8 +231,9 @@ def describe_alignment(tokenizer, source: str, target: str, mode: str = "auto") 
     """A human-readable summary of how ``target`` edits ``source`` (for the UI's alignment display).
 
     Returns {"mode": 'replace'|'refine', "swaps": [[src_word, tgt_word], ...], "added": [words],
-    "removed": [words], "source_tokens": n, "target_tokens": m} or {"error": message} when the prompts cannot
-    be aligned (the same ValueError text the sampler would raise).
+    "removed": [words], "source_tokens": n, "target_tokens": m, "stream": "CLIP"|"T5", "limit": most prompt
+    tokens (75 / 511), "seq_len": the edit's sequence length (77; T5 256 or 512)} or {"error": message} when the
+    prompts cannot be aligned (the same ValueError text the sampler would raise).
     """
     import difflib
 
@@ -248,5 +252,7 @@ def describe_alignment(tokenizer, source: str, target: str, mode: str = "auto") 
                 added.extend(tw[j1:j2])
             if tag in ("delete", "replace"):
                 removed.extend(sw[i1:i2])
+    st = align.stream_of(tokenizer)
     return {"mode": a.mode, "swaps": swaps, "added": added, "removed": removed,
-            "source_tokens": align.token_count(tokenizer, source), "target_tokens": align.token_count(tokenizer, target)}
+            "source_tokens": align.token_count(tokenizer, source), "target_tokens": align.token_count(tokenizer, target),
+            "stream": st.name, "limit": st.limit, "seq_len": align.common_length(tokenizer, [source, target])}

@@ -78,6 +78,12 @@ class JointAttentionControl:
         controlled_blocks(blocks, "double", 0)  # validates the policy
         self.controller = controller
         self.text_len = int(text_len)
+        for e in controller.edits:
+            if int(e.cross_alpha.shape[-1]) != self.text_len:
+                raise ValueError(
+                    f"the edit's token maps have {int(e.cross_alpha.shape[-1])} positions but the conditioning has "
+                    f"{self.text_len} T5 tokens: every prompt of an edit must be encoded at the same length "
+                    "(attention.align.common_length); encode them with comfy_bridge.text.encode(..., seq_len=...)")
         self.latent_hw = tuple(int(v) for v in latent_hw)
         self.map_hw = (self.latent_hw[0] // 2, self.latent_hw[1] // 2)
         self.blocks = blocks

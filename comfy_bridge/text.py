@@ -32,8 +32,20 @@ __all__ = ["encode", "sd_tokenizers", "vocab_of", "check_new_token", "embedding_
            "split_vectors", "join_vectors", "flux_tokenizer", "with_guidance"]
 
 
-def encode(clip, prompt: str):
-    """CONDITIONING of ``prompt`` ([[emb [1, T, D], {"pooled_output": ...}]]), as CLIP Text Encode makes it."""
+#: ComfyUI's tokenizer option that sets the shortest T5 sequence of a Flux / SD3 text encoder (the T5 tokenizer's
+#: ``min_length``, 256 for Flux; read by ``SDTokenizer.tokenize_with_weights`` in ComfyUI 0.3.75 and 0.33)
+T5_MIN_LENGTH_OPTION = "t5xxl_min_length"
+
+
+def encode(clip, prompt: str, t5_length: Optional[int] = None):
+    """CONDITIONING of ``prompt`` ([[emb [1, T, D], {"pooled_output": ...}]]), as CLIP Text Encode makes it.
+
+    ``t5_length``: for a text encoder with T5 (Flux), pad the T5 sequence to this many tokens (ComfyUI pads to 256
+    by default and makes a longer prompt as long as it is); CLIP-only encoders ignore it. Same result as CLIP Text
+    Encode when it is None or 256 on Flux."""
+    if t5_length:
+        return clip.encode_from_tokens_scheduled(
+            clip.tokenize(prompt, tokenizer_options={T5_MIN_LENGTH_OPTION: int(t5_length)}))
     return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
 
 

@@ -35,18 +35,40 @@ class AttentionMapsValue:
     spatial: list = field(default_factory=list)   # per edited prompt: mean S[V] map [h, w] of DPS, or None
 
 
-def encode(clip, prompt: str, what: str = "prompt"):
-    """CONDITIONING of ``prompt``; refuses empty and over-long prompts with a clear message."""
+def encode(clip, prompt: str, what: str = "prompt", seq_len=None):
+    """CONDITIONING of ``prompt``; refuses empty and over-long prompts with a clear message. ``seq_len``: the
+    sequence length shared by all prompts of an edit (align.common_length); on a T5 model (Flux) the prompt is
+    encoded at that length (default: the shortest that holds it, 256 for up to 255 tokens, as ComfyUI's own)."""
     if clip is None:
         raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"the {what} is empty; type a prompt that describes the image")
     n = align.token_count(clip.tokenizer, prompt)
     st = align.stream_of(clip.tokenizer)
-    if n > st.limit:
-        raise ValueError(f"the {what} is {n} {st.name} tokens long; Prompt-to-Prompt needs at most {st.limit} (one "
-                         f"{st.seq_len}-token sequence): shorten it")
-    return bridge_text.encode(clip, prompt)
+    limit = st.limit if seq_len is None else int(seq_len) - st.offset - 1
+    if n > limit:
+        raise ValueError(f"the {what} is {n} {st.name} tokens long; Prompt-to-Prompt needs at most {limit} (one "
+                         f"{limit + st.offset + 1}-token sequence): shorten it")
+    if st.name != "T5":
+        return bridge_text.encode(clip, prompt)
+    return bridge_text.encode(clip, prompt, t5_length=seq_len or st.length_for(n))
+
+
+def empty_conditioning(clip, seq_len=None):
+    """CONDITIONING of the empty prompt (the unconditional of CFG / null-text's start), at ``seq_len`` on a T5
+    model so it batches with the edit's prompts."""
+    t5 = align.stream_of(clip.tokenizer).name == "T5"
+    return bridge_text.encode(clip, "", t5_length=seq_len if t5 else None)
+
+
+def edit_length(clip, prompts) -> int:
+    """The sequence length all ``prompts`` of one edit (or one batch inversion) are encoded at
+    (align.common_length: 77 CLIP; 256 or 512 T5)."""
+    if clip is None:
+        raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
+    st = align.stream_of(clip.tokenizer)
+    n = max((align.token_count(clip.tokenizer, p) for p in prompts if isinstance(p, str) and p.strip()), default=0)
+    return st.length_for(min(n, st.limit))  # an over-long prompt is refused by encode(), which names it
 
 
 def token_strings(clip, prompt: str) -> list:

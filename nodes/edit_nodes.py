@@ -7,8 +7,7 @@ from ..attention import align
 from ..attention.recipe import MMDIT_BLOCKS, EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
 from ..comfy_bridge import sampling as bridge_sampling
 from .common import (EDIT_FAMILIES, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
-                     check_finite_latent,
-                     encode, finite, latent_samples, supported, token_strings)
+                     check_finite_latent, edit_length, encode, finite, latent_samples, supported, token_strings)
 
 
 RESOLUTIONS = ("1/4 (16x16 at 512px)", "1/2 (32x32 at 512px)", "1/8 (8x8 at 512px)", "full")
@@ -204,8 +203,10 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     prompts = [inversion.source_prompt]
     if edit is not None:
         controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N)
-        conds = [encode(clip, p, "edited prompt") for p in edit.target_prompts]
+        L = edit_length(clip, [inversion.source_prompt] + list(edit.target_prompts))
+        conds = [encode(clip, p, "edited prompt", seq_len=L) for p in edit.target_prompts]
         prompts += list(edit.target_prompts)
+        inversion = _source_at_length(clip, inversion, L)
     out = bridge_sampling.edit(model, inversion, conds, controller, progress=progress)
     check_finite_latent("Prompt-to-Prompt Edit Sampler", "check the inversion (Load Inversion / Invert Image) and "
                         "the edit's equalizer factors", out)
@@ -220,6 +221,26 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
                               keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
                               spatial=spatial)
     return out, maps
+
+
+def _source_at_length(clip, inversion, seq_len: int):
+    """The inversion with its source prompt's conditioning at ``seq_len`` text tokens. Only a T5 model (Flux) can
+    need it: an edited prompt of over 255 T5 tokens makes the edit's sequence 512 long while the photo was inverted
+    with its shorter source prompt at 256. The source is then re-encoded at 512 (ComfyUI's T5 runs without a mask,
+    so padding changes every token's embedding a little, and the reconstruction drifts slightly from the
+    inversion's); the log says so. To avoid it, invert with a source prompt of over 255 tokens too."""
+    import dataclasses
+    import logging
+
+    emb, extras = inversion.source_cond[0][0], inversion.source_cond[0][1]
+    if align.stream_of(clip.tokenizer).name != "T5" or int(emb.shape[1]) == int(seq_len):
+        return inversion
+    logging.warning(f"[Attention Edit] Prompt-to-Prompt Edit Sampler: an edited prompt needs {seq_len} T5 tokens but "
+                    f"the photo was inverted with a {emb.shape[1]}-token source; the source prompt is re-encoded at "
+                    f"{seq_len} (the reconstruction can differ slightly from the inversion's; invert with a source "
+                    f"prompt of the same length class to avoid it)")
+    new = encode(clip, inversion.source_prompt, "source prompt", seq_len=seq_len)[0][0]
+    return dataclasses.replace(inversion, source_cond=[[new.to(emb), extras]])
 
 
 class AE_AttentionMapPreview(io.ComfyNode):

@@ -11,8 +11,8 @@ from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
 from ..inversion.core import METHODS, NULL_TEXT_MODES, inversion_advice
-from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, encode, finite, latent_samples,
-                     supported)
+from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, edit_length,
+                     empty_conditioning, encode, finite, latent_samples, supported)
 
 
 class AE_InvertImage(io.ComfyNode):
@@ -106,7 +106,7 @@ def invert_image(model, clip, latent, source_prompt: str, method: str = "null_te
     ComfyUI's sampler. latent: [1, C, H, W] LATENT samples. Returns the Inversion; ValueError when the result is not
     finite."""
     src = encode(clip, source_prompt, "source prompt")
-    empty = bridge_text.encode(clip, "")
+    empty = empty_conditioning(clip, edit_length(clip, [source_prompt]))
     sigmas = replay_schedule(model, scheduler, steps)
     inv = bridge_sampling.invert(model, latent, src, empty, sigmas, method=method, guidance_scale=cfg,
                  num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
@@ -188,8 +188,10 @@ def invert_images(model, clip, latent, prompts: list, method: str = "null_text",
                   null_text_mode: str = "fast") -> list:
     """Glue of Invert Images (Batch): latent [B, C, H, W] LATENT samples, one prompt per image; returns B
     inversions (``inversion.core.invert_batch``). ValueError when a result is not finite."""
-    srcs = [encode(clip, p, f"source prompt of photo {k + 1}") for k, p in enumerate(prompts)]
-    empty = bridge_text.encode(clip, "")
+    # one sequence length for the batch (T5: a long prompt makes all 512)
+    L = edit_length(clip, prompts)
+    srcs = [encode(clip, p, f"source prompt of photo {k + 1}", seq_len=L) for k, p in enumerate(prompts)]
+    empty = empty_conditioning(clip, L)
     sigmas = replay_schedule(model, scheduler, steps)
     invs = bridge_sampling.invert_batch(
         model, latent, srcs, empty, sigmas, method=method, guidance_scale=cfg, num_inner_steps=num_inner_steps,

@@ -383,3 +383,65 @@ def test_schnell_architecture_inverts_and_edits_at_few_steps(comfy):
     out = edit(m, inv, [enc("a photo of a dog")], ctrl)
     assert out.shape == (2, 16, 8, 8) and torch.isfinite(out).all()
     assert any("is coarse" in n for n in inversion_advice(4, 1.0, "rf_solver"))
+
+
+#: a source prompt of about 300 T5 tokens (over ComfyUI's default 256-token T5 sequence)
+LONG = SOURCE + " " + " ".join(f"beside the old stone wall number {k}" for k in range(40))
+
+
+def test_long_t5_prompts_share_a_512_token_sequence(flux):
+    """Prompts of up to 255 T5 tokens keep ComfyUI's own 256-token sequence (bit for bit what CLIP Text Encode
+    gives); a longer prompt makes every prompt of the edit 512 long (mappers, windows, equalizer too); over 511 is
+    refused, saying the count and the limit."""
+    from attention_edit.attention import align
+    from attention_edit.attention.recipe import EditSpec, build_controller
+    from attention_edit.nodes.common import encode
+
+    clip = flux["clip"]
+    tok = clip.tokenizer
+    n = align.token_count(tok, LONG)
+    assert 255 < n < 512
+    assert align.common_length(tok, [SOURCE, "a photo of a dog"]) == 256
+    assert align.common_length(tok, [SOURCE, LONG]) == 512
+    assert torch.equal(encode(clip, SOURCE)[0][0], flux["cond"][0][0])
+    assert encode(clip, LONG)[0][0].shape[1] == 512
+    assert encode(clip, SOURCE, seq_len=512)[0][0].shape[1] == 512
+    a = align.align_prompts(tok, SOURCE, LONG)
+    assert a.mode == "refine" and a.mapper.shape == (512,) and int(a.mapper[0]) == 0
+    dog = LONG.replace(" cat ", " dog ", 1)
+    ctrl = build_controller(tok, LONG, EditSpec(target_prompts=(dog,), equalizer=(("number", 2.0),)), 6)
+    e = ctrl.edits[0]
+    assert e.kind == "replace" and e.mapper.shape == (512, 512) and e.cross_alpha.shape == (7, 512)
+    assert e.equalizer.shape == (512,) and int((e.equalizer == 2.0).sum()) == 40
+    too_long = LONG + " " + LONG
+    with pytest.raises(ValueError, match=r"T5 tokens but the limit is 511"):
+        align.align_prompts(tok, SOURCE, too_long)
+    with pytest.raises(ValueError, match=r"is \d+ T5 tokens long; Prompt-to-Prompt needs at most 511"):
+        encode(clip, too_long, "edited prompt")
+
+
+def test_long_prompts_invert_and_edit_on_the_nodes(flux, caplog):
+    """Invert Image and the Edit Sampler's glue with a ~300-token source: the inversion's conditioning is 512 long,
+    an identity edit equals the reconstruction, a word swap inside the long prompt changes the edited image; a
+    short inversion edited with a long prompt re-encodes the source at 512 and says so in the log."""
+    import logging
+
+    from attention_edit.attention.recipe import EditSpec
+    from attention_edit.nodes.edit_nodes import run_edit
+    from attention_edit.nodes.inversion_nodes import invert_image
+
+    m, clip = flux["m"], flux["clip"]
+    inv = invert_image(m, clip, flux["latent"], LONG, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
+    assert inv.source_cond[0][0].shape[1] == 512
+    same, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG,)))
+    scale = float(same.abs().max())
+    assert float((same[1] - same[0]).abs().max()) < 1e-5 * scale
+    dog, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG.replace(" cat ", " dog ", 1),)))
+    assert torch.equal(dog[0], same[0]) and float((dog[1] - same[1]).abs().max()) > 1e-4
+    short = invert_image(m, clip, flux["latent"], SOURCE, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
+    assert short.source_cond[0][0].shape[1] == 256
+    with caplog.at_level(logging.WARNING):
+        out, maps = run_edit(m, clip, short, EditSpec(target_prompts=(LONG,), mode="refine"))
+    assert "re-encoded at 512" in caplog.text
+    assert out.shape[0] == 2 and bool(torch.isfinite(out).all())
+    assert short.source_cond[0][0].shape[1] == 256  # the inversion itself is unchanged

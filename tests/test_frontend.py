@@ -26,9 +26,8 @@ EXPECTED = {
     "imagic_edit": [],
     "p2p_word_swap_sdxl": ["word swap · cat→dog · 5/75 tokens"],
     "p2p_word_swap_sd2": ["word swap · cat→dog · 5/75 tokens"],
-    # the live display counts CLIP tokens for every model (the route does not know the graph's model); Flux's T5
-    # count of this prompt is 7 of 255
-    "p2p_word_swap_flux": ["word swap · cat→dog · 5/75 tokens"],
+    # on Flux the display counts T5 tokens (the loader's weights name Flux.1: the JS asks the route for T5)
+    "p2p_word_swap_flux": ["word swap · cat→dog · 7/511 T5 tokens"],  # T5 pieces: ▁ a photo of ▁ a dog
 }
 
 

@@ -146,8 +146,10 @@ def test_route_answers_400_with_a_message_for_json_that_is_not_an_object(comfy_s
 
 def test_queue_answers_within_100_ms_while_large_requests_are_in_flight(comfy_server):
     """The route's work runs off ComfyUI's event loop: with four clients sending the largest request the route
-    accepts (16 edited prompts of 2000 characters), GET /queue still answers within 100 ms."""
-    words = ("a photo of a big red cat sitting on a small wooden chair " * 40)[:1990]
+    accepts (16 edited prompts of MAX_PROMPT_CHARS characters), GET /queue still answers within 100 ms."""
+    from attention_edit.nodes.routes import MAX_PROMPT_CHARS
+
+    words = ("a photo of a big red cat sitting on a small wooden chair " * 80)[:MAX_PROMPT_CHARS - 10]
     body = {"source": words, "target": "\n".join([words] * 16)}
     stop, sent = threading.Event(), []
 

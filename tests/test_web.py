@@ -28,6 +28,23 @@ def test_align_route_describes_the_edit(comfy_server):
     assert "use mode 'refine'" in bad["error"]
 
 
+def test_align_route_counts_t5_tokens_for_flux(comfy_server):
+    """"encoder": "t5" (what the display sends when the sampler's text encoder is Flux's) aligns on ComfyUI's T5
+    tokenizer: counts, limit and the sequence length are T5's; a prompt over 255 tokens makes the sequence 512."""
+    long = "a photo of a cat " + " ".join(f"beside the old stone wall number {k}" for k in range(40))
+    r = comfy_server.post("/attention_edit/align", {"source": "a photo of a cat", "encoder": "t5",
+                                                     "target": "a photo of a dog\n" + long})
+    assert r.status_code == 200, r.text
+    swap, refine = r.json()["edits"]
+    assert swap["mode"] == "replace" and swap["swaps"] == [["cat", "dog"]]
+    assert (swap["stream"], swap["limit"], swap["seq_len"], swap["target_tokens"]) == ("T5", 511, 256, 7)
+    assert refine["mode"] == "refine" and refine["seq_len"] == 512 and 255 < refine["target_tokens"] < 512
+    clip = comfy_server.post("/attention_edit/align", {"source": "a photo of a cat", "target": "a photo of a dog"})
+    assert (clip.json()["edits"][0]["stream"], clip.json()["edits"][0]["target_tokens"]) == ("CLIP", 5)
+    bad = comfy_server.post("/attention_edit/align", {"source": "a cat", "target": "a dog", "encoder": "gpt"})
+    assert bad.status_code == 400 and "'encoder' must be one of clip, t5" in bad.json()["error"]
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: cannot parse the JS")
 def test_js_parses():
     # --check parses the module without running it (it needs a browser's window.comfyAPI to run)

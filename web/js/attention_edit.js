@@ -1,6 +1,7 @@
 // Attention Edit web extension: shows, on each "Prompt-to-Prompt Edit" node, how its edited prompt aligns with
 // the source prompt of the inversion it is used with (word swap or refine, which words change), using the
-// server route POST /attention_edit/align (the same alignment code the sampler uses).
+// server route POST /attention_edit/align (the same alignment code the sampler uses), counted in the tokens the
+// model attends to (CLIP; T5 on Flux, found from the sampler's text encoder).
 //
 // The source prompt is found by following the edit's output through the pack's pass-through nodes (every node
 // with an AE_P2P_EDIT input and an AE_P2P_EDIT output: Reweight, Local Blend, AdapEdit DPS ...; the list comes
@@ -72,27 +73,51 @@ function outputValue(node, depth) {
   return { from: title };
 }
 
-// The source prompt of the inversion an edit node is used with: {value}, {from: ...} (it is given through a link
-// or stored in a loaded inversion file), or null when the edit reaches no Edit Sampler fed by an inversion.
-function findSourcePrompt(node, depth = 0) {
+// The Edit Samplers an edit node feeds (through edit pass-throughs), in link order.
+function findSamplers(node, depth = 0, found = []) {
   const graph = node.graph ?? app.graph;
-  if (!graph || depth > 8) return null;
+  if (!graph || depth > 8) return found;
   for (const out of node.outputs ?? []) {
     for (const linkId of out.links ?? []) {
       const link = getLink(graph, linkId);
       const target = link && graph.getNodeById(link.target_id);
       if (!target) continue;
       const cls = classOf(target);
-      if (EDIT_PASS_THROUGH.has(cls)) {
-        const found = findSourcePrompt(target, depth + 1);
-        if (found) return found;
-      } else if (cls === SAMPLER_NODE) {
-        const found = inversionPrompt(target, "inversion", depth + 1);
-        if (found) return found;
-      }
+      if (EDIT_PASS_THROUGH.has(cls)) findSamplers(target, depth + 1, found);
+      else if (cls === SAMPLER_NODE) found.push(target);
     }
   }
+  return found;
+}
+
+// The source prompt of the inversion an edit node is used with: {value}, {from: ...} (it is given through a link
+// or stored in a loaded inversion file), or null when the edit reaches no Edit Sampler fed by an inversion.
+function findSourcePrompt(node) {
+  for (const sampler of findSamplers(node)) {
+    const found = inversionPrompt(sampler, "inversion", 1);
+    if (found) return found;
+  }
   return null;
+}
+
+// Which tokens the sampler's text encoder aligns: "t5" for Flux (its attention is indexed by T5 tokens), else
+// "clip". Followed from the sampler's clip input through nodes that pass a CLIP through (LoRA loaders, CLIP Set
+// Last Layer, ...) to the loader: a CLIP loader whose type is flux, a checkpoint / diffusion model whose file name
+// says flux, or the pack's random Flux.1 test model.
+function textEncoderOf(node, depth = 0) {
+  const graph = node.graph ?? app.graph;
+  const inp = node.inputs?.find((i) => i.type === "CLIP" && i.link != null);
+  const link = inp && getLink(graph, inp.link);
+  const src = link && graph.getNodeById(link.origin_id);
+  if (!src || depth > 8) return "clip";
+  const type = widgetValue(src, "type");
+  if (typeof type === "string") return /^(flux|sd3)/i.test(type) ? "t5" : "clip";
+  for (const name of ["ckpt_name", "unet_name", "weights"]) {
+    const v = widgetValue(src, name);
+    if (typeof v === "string") return /flux|mm-?dit/i.test(v) ? "t5" : "clip";
+  }
+  if (src.inputs?.some((i) => i.type === "CLIP")) return textEncoderOf(src, depth + 1);
+  return "clip";
 }
 
 function inversionPrompt(node, inputName, depth) {
@@ -117,7 +142,7 @@ function summarise(edit) {
   if (edit.swaps?.length) parts.push(edit.swaps.map(([a, b]) => `${a}→${b}`).join(", "));
   if (edit.added?.length) parts.push("+ " + edit.added.join(" "));
   if (edit.removed?.length) parts.push("− " + edit.removed.join(" "));
-  parts.push(`${edit.target_tokens}/75 tokens`);
+  parts.push(edit.stream === "T5" ? `${edit.target_tokens}/${edit.limit} T5 tokens` : `${edit.target_tokens}/75 tokens`);
   return parts.join(" · ");
 }
 
@@ -130,7 +155,9 @@ async function refresh(node) {
   const source = findSourcePrompt(node);
   const target = inputValue(node, "edited_prompts");
   const mode = widgetValue(node, "mode") ?? "auto";
-  const key = JSON.stringify([source, target, mode]);
+  const sampler = findSamplers(node)[0];
+  const encoder = sampler ? textEncoderOf(sampler) : "clip";
+  const key = JSON.stringify([source, target, mode, encoder]);
   if (key === node.__aeAlignKey) return;
   node.__aeAlignKey = key;
   if (!source) return setText(node, "connect to an Edit Sampler fed by Invert Image to see the alignment");
@@ -146,7 +173,7 @@ async function refresh(node) {
     const resp = await api.fetchApi("/attention_edit/align", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ source: source.value, target: target.value, mode }),
+      body: JSON.stringify({ source: source.value, target: target.value, mode, encoder }),
     });
     const data = await resp.json();
     setText(node, data.error ? "⚠ " + data.error : (data.edits ?? []).map(summarise).join("\n"));
