@@ -9,6 +9,11 @@
     python bench/bench_toyworld.py --merge out/tw_a.json out/tw_b.json --plot out/toyworld_bench.png
     # the ToyWorld MM-DiT (Flux architecture, toyworld/train_mmdit.py), for the UNet / MM-DiT side by side:
     python bench/bench_toyworld.py --model mmdit --only inversion,swap,refine --cases 16 --plot ""
+    # side by side: one --json per model (and per --mmdit-blocks), then one table with a column each
+    python bench/bench_toyworld.py --only t2i,inversion,swap,refine --cases 48 --plot "" --json out/cmp_unet.json
+    python bench/bench_toyworld.py --model mmdit --only t2i,inversion,swap,refine --cases 48 --plot "" \
+        --json out/cmp_mmdit_all.json
+    python bench/bench_toyworld.py --compare out/cmp_unet.json out/cmp_mmdit_all.json
 
 Prints a markdown table and writes a plot PNG (matplotlib). Cases are seeded: the same command gives the same
 figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per attribute; null-text PSNR >= DDIM
@@ -50,9 +55,14 @@ def main(argv=None):
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="instead: merge the --json files of runs with different --only (run in parallel) into one "
                          "table and plot")
+    ap.add_argument("--compare", nargs="+", metavar="JSON",
+                    help="instead: one table with a column per --json file (runs of different models or block "
+                         "choices on the same cases: the UNet / MM-DiT side by side)")
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.plot)
+    if args.compare:
+        return compare(args.compare)
 
     import torch
 
@@ -122,8 +132,10 @@ def main(argv=None):
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
+            column = (f"MM-DiT, {st.mmdit_blocks} blocks ({st.inversion}, cfg {st.cfg:g})" if args.model == "mmdit"
+                      else f"UNet ({st.inversion}, cfg {st.cfg:g})")
             json.dump({"header": header, "only": args.only, "seconds": time.time() - t0, "rows": rows,
-                       "plot": plot, "label": tm.label}, f, indent=1)
+                       "plot": plot, "label": tm.label, "column": column, "cases": args.cases}, f, indent=1)
     if args.plot and plot:
         write_plot(plot, args.plot, tm.label)
         print(f"\nplot: {args.plot}")
@@ -148,6 +160,36 @@ def merge(paths, plot_path: str) -> int:
     if plot_path and plot:
         write_plot(plot, plot_path, parts[0]["label"])
         print(f"\nplot: {plot_path}")
+    return 0
+
+
+def compare(paths) -> int:
+    """Prints one markdown table, a column per run (its "column" label), a row per figure. The inversion rows are
+    matched by rank (the VAE alone, then each model's methods from the plainest to the best: ddim / negative_prompt
+    / null_text on the UNet, rf_euler / fireflow / rf_solver on the MM-DiT), the method named in the cell."""
+    parts = [json.load(open(p)) for p in paths]
+    names, cells = [], {}
+    for k, part in enumerate(parts):
+        inv = [r for r in part["rows"] if r[0].startswith("reconstruction PSNR")]
+        for r in part["rows"]:
+            name, value = r[0], r[1]
+            if r in inv:
+                rank = inv.index(r)
+                name = "reconstruction PSNR, VAE only" if rank == 0 else f"reconstruction PSNR, inversion method {rank}"
+                if rank:
+                    value = f"{value} ({r[0].split(', ')[1]})"
+            elif "minus" in name and "PSNR" in name:
+                name = "best minus plainest inversion, PSNR"
+            if name not in cells:
+                names.append(name)
+                cells[name] = {}
+            cells[name][k] = value
+    cols = [p.get("column", p["label"]) for p in parts]
+    print(f"\n### ToyWorld benchmark side by side ({' / '.join(str(p.get('cases', '?')) for p in parts)} cases "
+          "per type; the same seeded cases in every column)\n")
+    print("| figure | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    for n in names:
+        print(f"| {n} | " + " | ".join(cells[n].get(k, "") for k in range(len(parts))) + " |")
     return 0
 
 

@@ -768,15 +768,21 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def prepare_run(args) -> None:
+    """What both ToyWorld trainers (this one and train_mmdit) do first: configure the ComfyUI host before its model
+    code is imported (it reads the settings once; SDPA attention: differentiable and faster than sub-quadratic for
+    training), TF32 on a GPU, ``args.threads`` torch threads, the seed, and SIGINT / SIGTERM handlers that make the
+    loop checkpoint and stop."""
     from ..comfy_bridge import host
 
-    # before ComfyUI's model code is imported (it reads these once); SDPA: faster than sub-quadratic for training
     host.configure(cpu=bool(args.cpu or not torch.cuda.is_available()), pytorch_attention=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(args.threads)
+    except RuntimeError:  # already set (a second run in one process)
+        pass
     torch.manual_seed(args.seed)
 
     def _handler(signum, frame):
@@ -785,6 +791,11 @@ def main(argv=None):
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    prepare_run(args)
     if args.export:
         export_ckpt(args.out, args.export)
         return 0

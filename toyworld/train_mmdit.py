@@ -75,15 +75,14 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 
 import numpy as np
 import torch
 
-from .train import _STOP, Data, Trainer, caption_token_ids, load_ckpt, log, opt_load, opt_tensors, probe_specs, \
-    sample_images, save_ckpt
+from .train import _STOP, Data, Trainer, caption_token_ids, load_ckpt, log, opt_load, opt_tensors, prepare_run, \
+    probe_specs, sample_images, save_ckpt
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the frozen VAE of the MM-DiT: the shipped ToyWorld weights' AutoencoderKL
@@ -602,24 +601,7 @@ class _Tee:
 def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
-    from ..comfy_bridge import host
-
-    # before ComfyUI's model code is imported (it reads these once); SDPA attention (differentiable, fast)
-    host.configure(cpu=bool(args.cpu or not torch.cuda.is_available()), pytorch_attention=True)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(args.threads)
-    except RuntimeError:
-        pass
-    torch.manual_seed(args.seed)
-
-    def _handler(signum, frame):
-        log(f"signal {signum}: checkpointing and stopping")
-        _STOP["flag"] = True
-
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    prepare_run(args)
     if args.export:
         export_ckpt(args.out, args.export)
         return 0
