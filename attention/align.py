@@ -147,20 +147,24 @@ def t5_sequence_length(num_tokens: int) -> int:
     return T5_STREAM.length_for(num_tokens)
 
 
-def common_length(tokenizer: Any, prompts: Sequence[str]) -> int:
+def common_length(tokenizer: Any, prompts: Sequence[str], strict: bool = True) -> int:
     """The one sequence length that every prompt of an edit is encoded and aligned at: 77 for CLIP; for T5 the
     shortest of :data:`T5_SEQ_LENS` that holds the longest prompt (so a short edit keeps ComfyUI's own 256).
+    Empty prompts count as none.
 
     Raises:
-        ValueError: a prompt longer than the stream's limit (75 CLIP / 511 T5 tokens), naming it."""
+        ValueError (``strict``): a prompt longer than the stream's limit (75 CLIP / 511 T5 tokens), naming it; with
+        ``strict=False`` such a prompt counts as the limit (for callers whose own check names it later)."""
     st = stream_of(tokenizer)
     worst = 0
     for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            continue
         n = token_count(tokenizer, p)
-        if n > st.limit:
+        if n > st.limit and strict:
             raise ValueError(f"the prompt {p[:60]!r}{'...' if len(p) > 60 else ''} has {n} {st.name} tokens but the "
                              f"limit is {st.limit}; shorten it (remove words)")
-        worst = max(worst, n)
+        worst = max(worst, min(n, st.limit))
     return st.length_for(worst)
 
 

@@ -63,12 +63,10 @@ def empty_conditioning(clip, seq_len=None):
 
 def edit_length(clip, prompts) -> int:
     """The sequence length all ``prompts`` of one edit (or one batch inversion) are encoded at
-    (align.common_length: 77 CLIP; 256 or 512 T5)."""
+    (align.common_length: 77 CLIP; 256 or 512 T5); an over-long prompt is left to encode(), which names it."""
     if clip is None:
         raise ValueError("no CLIP was connected; connect the CLIP output of your checkpoint loader")
-    st = align.stream_of(clip.tokenizer)
-    n = max((align.token_count(clip.tokenizer, p) for p in prompts if isinstance(p, str) and p.strip()), default=0)
-    return st.length_for(min(n, st.limit))  # an over-long prompt is refused by encode(), which names it
+    return align.common_length(clip.tokenizer, prompts, strict=False)
 
 
 def token_strings(clip, prompt: str) -> list:

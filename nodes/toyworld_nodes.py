@@ -9,13 +9,14 @@ from comfy_api.latest import io
 from ..comfy_bridge import models as sd1x
 
 SHIPPED = "toyworld (shipped)"
+SHIPPED_MMDIT = "toyworld MM-DiT (shipped, Flux.1 architecture)"
 RANDOM = "random (untrained test model)"
 RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
 RANDOM_SDXL = "random SDXL (untrained test model)"
 RANDOM_FLUX = "random Flux.1 (untrained test model)"
 #: the random test models of the loader, by choice
 RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl", RANDOM_FLUX: "tiny_flux"}
-CHOICES = [SHIPPED, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX]
+CHOICES = [SHIPPED, SHIPPED_MMDIT, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX]
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
                             "toyworld.safetensors")
 
@@ -31,6 +32,16 @@ def load_toyworld(weights: str = SHIPPED, seed: int = 0):
         key = (SHIPPED, os.path.getmtime(WEIGHTS_PATH))
         if key not in _CACHE:
             _CACHE[key] = sd1x.load_weights(WEIGHTS_PATH)
+        mp, clip, vae = _CACHE[key]
+    elif weights == SHIPPED_MMDIT:
+        from ..toyworld.train_mmdit import WEIGHTS as MMDIT_PATH, load_toyworld_mmdit
+
+        if not os.path.exists(MMDIT_PATH):
+            raise FileNotFoundError(f"the shipped ToyWorld MM-DiT weights are missing ({MMDIT_PATH}); reinstall the "
+                                    f"pack or pick '{RANDOM_FLUX}'")
+        key = (SHIPPED_MMDIT, os.path.getmtime(MMDIT_PATH))
+        if key not in _CACHE:
+            _CACHE[key] = load_toyworld_mmdit(MMDIT_PATH)
         mp, clip, vae = _CACHE[key]
     elif weights in RANDOM_CONFIGS:
         key = (weights, int(seed))
@@ -62,6 +73,9 @@ class AE_ToyWorldLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("weights", options=CHOICES, default=SHIPPED,
                                tooltip="toyworld (shipped): the trained weights that come with the pack. "
+                                       "toyworld MM-DiT (shipped): the same world on a 2.65 M-parameter Flux.1 "
+                                       "(schnell) architecture transformer, rectified flow, T5 + CLIP-L text; "
+                                       "same 64x64 images and VAE (use cfg 1 and rf_solver / fireflow). "
                                        "random (untrained test model): a tiny model with seeded random weights "
                                        "(TINY_TEST config), for tests and CI; it draws noise. random SD2.x "
                                        "v-prediction: the same size built from ComfyUI's SD2.x classes (OpenCLIP-H "
