@@ -109,6 +109,13 @@ def main(argv=None):
                              f"{mean([r[v]['bg_psnr'] for r in res]):.1f} dB",
                              ">= 85% / >= 0.8 / >= 30 dB (blend)" if attr == "colour" else ""))
                 plot[f"{attr}_{v}"] = mean([r[v]["success"] for r in res])
+    if "maps" in only:
+        res = [eb.map_case(tm, s, st) for s in seeds]
+        for w in ("shape", "colour"):
+            rows.append((f"attention map of the {w} word: localisation on the object (1 = flat) / local-blend mask "
+                         f"cover at threshold {st.blend_threshold:g}",
+                         f"{mean([r[w]['localisation'] for r in res]):.2f} / {mean([r[w]['mask_cover'] for r in res]):.0%}",
+                         ""))
     if "refine" in only:
         res = [eb.refine_case(tm, s, st) for s in seeds]
         rows.append(("refine (add 'big'): judged big / kept colour+shape / area ratio",

@@ -9,6 +9,7 @@ Case types (issue "ToyWorld"):
   * swap: colour or shape word swap on an inverted rendered scene, with or without local blend, and the same edit
     by plain regeneration (the edited prompt from the same x_T, no attention injection): success (the judge sees
     the new attribute), structure (mask IoU with the source object), background PSNR outside the object;
+  * maps: how well the recorded cross-attention maps locate the object's words (what local blend needs);
   * refine: add the size word ("a red circle" -> "a big red circle") to a scene of a small object;
   * reweight: the equalizer of "big" swept over factors; the judged area should move monotonically (both directions
     and the Spearman rank correlation of area with factor are reported).
@@ -226,6 +227,42 @@ def _edit(tm: ToyModel, inv, target: str, st: Settings, mode: str, blend_words=N
     ctrl = build_controller(tm.clip.tokenizer, inv.source_prompt, spec, inv.steps)
     with torch.no_grad():
         return decode(tm, edit(tm.model, inv, [tm.encode(target)], ctrl))
+
+
+def map_case(tm: ToyModel, seed: int, st: Settings) -> dict:
+    """How well the recorded cross-attention maps (a UNet's attn2; an MM-DiT's image -> text block) locate the
+    object's words, the prerequisite of local blend: the source row's maps of the shape and colour words, averaged
+    over steps and layers as local blend averages them, on an identity edit of an inverted scene. Returns per word
+    ``localisation`` = (share of the word's map mass on the object) / (the object's share of the image): 1 for a
+    flat map, larger when the map concentrates on the object; and ``mask_cover``: the share of the image that a
+    local-blend mask of the word at ``st.blend_threshold`` covers."""
+    import torch.nn.functional as F
+
+    from ..attention import align
+    from ..attention.recipe import EditSpec, build_controller
+    from ..comfy_bridge.sampling import edit
+
+    sc = one_object_scene(seed)
+    o = sc.spec["objects"][0]
+    inv = invert_scene(tm, sc, st)
+    spec = EditSpec(target_prompts=(sc.caption,), mode="replace", cross_replace_steps=st.cross_replace_steps,
+                    self_replace_steps=st.self_replace_steps, self_min_downscale=st.self_min_downscale,
+                    mmdit_blocks=st.mmdit_blocks)
+    ctrl = build_controller(tm.clip.tokenizer, sc.caption, spec, inv.steps)
+    with torch.no_grad():
+        edit(tm.model, inv, [tm.encode(sc.caption)], ctrl)
+    hw = ctrl.store.nearest(max(ctrl.store.resolutions(), key=lambda r: r[0] * r[1]))
+    maps = ctrl.store.average(hw)[0].float()                                     # [h, w, T]
+    obj = torch.from_numpy(sc.objects[0].mask.astype(np.float32))[None, None]
+    share = F.adaptive_avg_pool2d(obj, tuple(maps.shape[:2]))[0, 0]              # object share of each map cell
+    out = {}
+    for word in (o["shape"], o["colour"]):
+        m = maps[..., align.word_token_indices(tm.clip.tokenizer, sc.caption, word)].sum(-1)
+        on_object = float((m * share).sum() / m.sum().clamp_min(1e-12))
+        out[word == o["shape"] and "shape" or "colour"] = {
+            "localisation": on_object / max(float(share.mean()), 1e-6),
+            "mask_cover": float((m / m.max().clamp_min(1e-12) > st.blend_threshold).float().mean())}
+    return out
 
 
 def swap_case(tm: ToyModel, seed: int, st: Settings, attribute: str = "colour") -> dict:

@@ -156,7 +156,8 @@ def test_trainer_split_merge_roundtrip(tmp_path):
 
 def test_mmdit_trainer_resumes_and_exports(tmp_path):
     """The ToyWorld MM-DiT trainer (toyworld/train_mmdit.py), run as its command: a short run checkpoints, a
-    --resume run continues from its step (not from 0), and --export writes weights that load_toyworld_mmdit turns
+    --resume run continues from its step (not from 0; here with --no-pooled), and --export writes weights that
+    load_toyworld_mmdit turns
     into ComfyUI's Flux model (family "flux") on the shipped ToyWorld VAE. Tiny settings: 48 scenes, batch 4."""
     import json
     import subprocess
@@ -174,7 +175,7 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     run("--minutes", "0.6")
     steps = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert steps and steps[-1] > 0
-    log = run("--minutes", "1.2", "--resume")
+    log = run("--minutes", "1.2", "--resume", "--no-pooled")
     assert f"resumed step={steps[-1]} " in log, log[-1500:]
     again = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert again[-1] > steps[-1]
@@ -185,5 +186,8 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
 
     m, clip, vae = load_toyworld_mmdit(path)
     assert model_family(m) == "flux"
+    # --no-pooled (on the resumed run): the pooled CLIP-L vector's input weight is exported as zeros
+    w = m.model.diffusion_model.vector_in.in_layer.weight
+    assert w.abs().max() == 0 and m.model.diffusion_model.vector_in.out_layer.weight.abs().max() > 0
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red circle on the left on white"))
     assert cond[0][0].shape[1] == 256

@@ -4,6 +4,7 @@ ToyWorld VAE, so that the editing benchmark can put an MM-DiT beside the SD1.x-a
 
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 70 --threads 1   # fresh
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 100 --resume     # continue
+    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 180 --resume --no-pooled
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --export tw_mmdit.safetensors
 
     from attention_edit.toyworld.train_mmdit import load_toyworld_mmdit
@@ -31,6 +32,13 @@ Model (decisions and why)
   narrow CLIP-L (width 64, 2 layers) the pooled vector (``y``, Flux's vector input). Both are trained jointly with
   the transformer (only the used token rows: the other rows get zero gradient and, with Adam and no weight decay,
   never move).
+* Words through attention (``--no-pooled``): Flux's vector input reads the pooled CLIP-L vector into the modulation
+  of every token. Trained with it, this small model took the whole caption from that vector: its image -> text
+  attention stayed flat (on the object 1.00x its area share, bench_toyworld.py --only maps, against 1.4-2x for the
+  UNet's cross-attention), so Prompt-to-Prompt had nothing to control and local blend nothing to locate, unlike
+  Flux.1, whose pooled vector is a weak global signal beside T5 in attention. ``--no-pooled`` keeps that input's
+  weight at zero, so captions reach the model only as T5 tokens in joint attention; the shipped model was trained
+  79 minutes with the pooled vector, then fine-tuned with ``--no-pooled``.
 * Initialisation: the seeded torch-default init of ``build_flux``, then adaLN-Zero (Peebles & Xie 2023, "Scalable
   Diffusion Models with Transformers"): the modulation projections of every block and of the final layer and the
   final linear start at zero, so every block starts as the identity (gates 0) and the output as 0.
@@ -248,6 +256,7 @@ class MMDiTTrainer:
                                      foreach=True)
         self._mask_token_rows()
         self.ema = {k: p.detach().clone() for k, p in self.named}
+        self.pooled_off()
         self.ms = self.model.model_sampling
 
     # ---- data
@@ -365,8 +374,27 @@ class MMDiTTrainer:
         d = min(a.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_([self.ema[k] for k, _ in self.named], [p.detach() for _, p in self.named], 1 - d)
+        self.pooled_off()
         self.step += 1
         return {"loss": loss.item(), "grad_norm": float(gn)}
+
+    #: the weight that reads Flux's vector input y (the CLIP-L pooled vector) into the modulation vector
+    POOLED_WEIGHT = "tr.vector_in.in_layer.weight"
+
+    def pooled_off(self):
+        """--no-pooled: keeps the weight that reads the pooled CLIP-L vector at zero (live and EMA), so the caption
+        reaches the transformer only through the T5 tokens of joint attention (the vector input keeps its
+        constant bias). Without it the small model learns the caption from the pooled vector, through the
+        modulation of every token, and its image -> text attention stays flat: nothing for Prompt-to-Prompt to
+        control or for local blend to locate (bench_toyworld.py --only maps measures it). In Flux.1 the pooled
+        vector is a weak global signal and words are bound through attention; this makes the toy model the same."""
+        if not getattr(self.args, "no_pooled", False):
+            return
+        with torch.no_grad():
+            for k, p in self.named:
+                if k == self.POOLED_WEIGHT:
+                    p.zero_()
+                    self.ema[k].zero_()
 
     def elapsed_now(self) -> float:
         return self.elapsed_at_session_start + (time.time() - self.session_t0)
@@ -391,6 +419,7 @@ class MMDiTTrainer:
         self.ema = {k[4:]: v.clone().to(self.device) for k, v in tensors.items() if k.startswith("ema/")}
         opt_load(self.opt, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("opt/")}, "opt")
         self.step, self.best = meta["step"], meta.get("best", {})
+        self.pooled_off()
         # this session's set-up so far counts too
         self.elapsed_at_session_start = meta["elapsed"] + (time.time() - self.t_start)
         self.session_t0 = time.time()
@@ -576,6 +605,11 @@ def parse_args(argv=None):
     ap.add_argument("--sigma-uniform", type=float, default=0.2,
                     help="share of the batch whose noise level is uniform instead of logit-normal")
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--no-pooled", action="store_true",
+                    help="keep the pooled CLIP-L vector's input weight at zero: the caption reaches the model only "
+                         "through T5 tokens in joint attention (as Flux.1 binds words); also on --resume of a run "
+                         "trained with it, or to fine-tune a run trained without it")
+
     ap.add_argument("--ckpt-every", type=float, default=180.0, help="seconds")
     ap.add_argument("--probe-every", type=float, default=600.0, help="seconds")
     ap.add_argument("--probe-n", type=int, default=32)
