@@ -43,6 +43,8 @@ __all__ = [
     "build_sdxl_unet",
     "SUPPORTED_MODELS",
     "model_family",
+    "prediction_type",
+    "prediction_of",
     "require_supported",
 ]
 
@@ -592,7 +594,12 @@ def model_family(model_patcher) -> str:
 def prediction_type(model_patcher) -> str:
     """"eps", "v", "flow" (rectified flow: Flux, SD3) or the name of ComfyUI's model-sampling class, for messages
     and inversion records."""
-    ms = model_patcher.get_model_object("model_sampling")
+    return prediction_of(model_patcher.get_model_object("model_sampling"))
+
+
+def prediction_of(ms) -> str:
+    """:func:`prediction_type` of a ComfyUI model_sampling object (CONST -> "flow", V_PREDICTION -> "v", EPS ->
+    "eps", by class name along its MRO, so ComfyUI's combined classes such as ModelSamplingDiscreteFlow count)."""
     names = [c.__name__ for c in type(ms).__mro__]
     if "CONST" in names:
         return "flow"

@@ -145,14 +145,13 @@ class ComfyDenoiser:
 
 
 def sampling_kind(model_sampling) -> str:
-    """"eps", "v" or "flow" (CONST: x = (1 - sigma) x0 + sigma eps, Flux / SD3) for a ComfyUI model_sampling."""
-    import comfy.model_sampling
+    """"eps", "v" or "flow" (CONST: x = (1 - sigma) x0 + sigma eps, Flux / SD3) for a ComfyUI model_sampling: the
+    math the loops use (models.prediction_of; any other kind is treated as eps: the families the nodes accept have
+    only these three)."""
+    from .models import prediction_of
 
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return "flow"
-    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
-        return "v"
-    return "eps"
+    kind = prediction_of(model_sampling)
+    return kind if kind in ("flow", "v") else "eps"
 
 
 def _takes_pooled(model) -> str:
