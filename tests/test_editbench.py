@@ -47,6 +47,19 @@ def test_reweight_case(tm):
     assert isinstance(r["monotonic_down"], bool) and -1.0 <= r["spearman"] <= 1.0
 
 
+def test_map_case_measures_how_the_maps_locate_the_words(tm):
+    """map_case on the trained UNet: its cross-attention maps of the shape word concentrate on the object (mean
+    localisation over 3 scenes well above the flat map's 1; 1.95 measured at 20 steps), and the local-blend mask
+    of the word covers part of the image, not all of it."""
+    st = eb.Settings(steps=10, num_inner_steps=3)
+    runs = [eb.map_case(tm, seed, st) for seed in (1000, 1001, 1002)]
+    for r in runs:
+        assert set(r) == {"shape", "colour"} and all(0.0 <= r[w]["mask_cover"] <= 1.0 for w in r)
+    loc = sum(r["shape"]["localisation"] for r in runs) / len(runs)
+    assert loc > 1.2, loc
+    assert min(r["shape"]["mask_cover"] for r in runs) < 1.0
+
+
 def test_inversions_are_shared_between_cases(tm):
     sc = eb.one_object_scene(3)
     a = eb.invert_scene(tm, sc, ST)
