@@ -1,6 +1,9 @@
 """Nodes: describe a Prompt-to-Prompt edit (word swap / refine, reweight, local blend), run it, preview maps."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from comfy_api.latest import io, ui
 
 from ..attention import align
@@ -210,6 +213,7 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     out = bridge_sampling.edit(model, inversion, conds, controller, progress=progress)
     check_finite_latent("Prompt-to-Prompt Edit Sampler", "check the inversion (Load Inversion / Invert Image) and "
                         "the edit's equalizer factors", out)
+    blend_advice(controller, out.shape[-2:])
     spatial = []
     for e in (controller.edits if controller else []):
         dps = getattr(e, "dps", None)
@@ -223,15 +227,30 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     return out, maps
 
 
+def blend_advice(controller, latent_hw) -> None:
+    """Logs when local blend's final mask (the step-by-step mask is rebuilt from the maps recorded so far; the last
+    one is checked) covers almost all of the image or almost none of it: the blend then changes nothing, or
+    keeps the source everywhere, and the log says which setting to move. A model whose maps do not locate words
+    (measured on the ToyWorld MM-DiT: flat image->text maps) gives the first."""
+    lb = getattr(controller, "local_blend", None) if controller is not None else None
+    if lb is None or not controller.store.sums:
+        return
+    cover = float(lb.masks(controller.store, latent_hw).mean())
+    if cover > 0.95:
+        logging.warning(f"[Attention Edit] Local Blend: the mask covers {cover:.0%} of the image, so the blend keeps "
+                        "almost nothing of the source; raise 'threshold' (or check the words: the model's attention "
+                        "maps of them may not locate anything; see them with Attention Map Preview)")
+    elif cover < 0.005:
+        logging.warning(f"[Attention Edit] Local Blend: the mask covers {cover:.1%} of the image, so the edit is "
+                        "undone almost everywhere; lower 'threshold' or check that the blend words are the edited ones")
+
+
 def _source_at_length(clip, inversion, seq_len: int):
     """The inversion with its source prompt's conditioning at ``seq_len`` text tokens. Only a T5 model (Flux) can
     need it: an edited prompt of over 255 T5 tokens makes the edit's sequence 512 long while the photo was inverted
     with its shorter source prompt at 256. The source is then re-encoded at 512 (ComfyUI's T5 runs without a mask,
     so padding changes every token's embedding a little, and the reconstruction drifts slightly from the
     inversion's); the log says so. To avoid it, invert with a source prompt of over 255 tokens too."""
-    import dataclasses
-    import logging
-
     emb, extras = inversion.source_cond[0][0], inversion.source_cond[0][1]
     if align.stream_of(clip.tokenizer).name != "T5" or int(emb.shape[1]) == int(seq_len):
         return inversion

@@ -445,3 +445,26 @@ def test_long_prompts_invert_and_edit_on_the_nodes(flux, caplog):
     assert "re-encoded at 512" in caplog.text
     assert out.shape[0] == 2 and bool(torch.isfinite(out).all())
     assert short.source_cond[0][0].shape[1] == 256  # the inversion itself is unchanged
+
+
+def test_local_blend_says_when_its_mask_covers_everything(flux, inv, caplog):
+    """A local-blend mask over the whole image (threshold 0) or none of it is a blend that does nothing useful: the
+    Edit Sampler's glue logs which, and which setting to move."""
+    import logging
+
+    from attention_edit.attention.recipe import EditSpec, LocalBlendSpec
+    from attention_edit.nodes.edit_nodes import run_edit
+
+    def run(threshold):
+        caplog.clear()
+        spec = EditSpec(target_prompts=("a photo of a dog",),
+                        local_blend=LocalBlendSpec(("cat",), ("dog",), start=0.0, threshold=threshold))
+        with caplog.at_level(logging.WARNING):
+            _, maps = run_edit(flux["m"], flux["clip"], inv, spec)
+        return caplog.text, maps.store
+
+    text, store = run(0.0)
+    assert "the mask covers 100% of the image" in text and "raise 'threshold'" in text
+    assert "lower 'threshold'" in run(1.0)[0]
+    cat = store.average((4, 4))[0][..., 6]  # the map of 'cat' (T5 pieces: ▁ a photo of ▁ a cat)
+    assert "Local Blend" not in run(float((cat / cat.max()).median()))[0]
