@@ -23,26 +23,26 @@ WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 _CACHE: dict = {}
 
 
+def _shipped(choice: str, path: str, load, what: str, alternative: str):
+    """A shipped weights file loaded once per modification time; FileNotFoundError naming the file and the random
+    choice to use instead when it is missing."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"the shipped {what} weights are missing ({path}); reinstall the pack or pick "
+                                f"'{alternative}'")
+    key = (choice, os.path.getmtime(path))
+    if key not in _CACHE:
+        _CACHE[key] = load(path)
+    return _CACHE[key]
+
+
 def load_toyworld(weights: str = SHIPPED, seed: int = 0):
     """(model_patcher, clip, vae) for a ``weights`` choice of the loader node (cached per choice and seed)."""
     if weights == SHIPPED:
-        if not os.path.exists(WEIGHTS_PATH):
-            raise FileNotFoundError(f"the shipped ToyWorld weights are missing ({WEIGHTS_PATH}); reinstall the pack "
-                                    f"or pick '{RANDOM}'")
-        key = (SHIPPED, os.path.getmtime(WEIGHTS_PATH))
-        if key not in _CACHE:
-            _CACHE[key] = sd1x.load_weights(WEIGHTS_PATH)
-        mp, clip, vae = _CACHE[key]
+        mp, clip, vae = _shipped(SHIPPED, WEIGHTS_PATH, sd1x.load_weights, "ToyWorld", RANDOM)
     elif weights == SHIPPED_MMDIT:
         from ..toyworld.train_mmdit import WEIGHTS as MMDIT_PATH, load_toyworld_mmdit
 
-        if not os.path.exists(MMDIT_PATH):
-            raise FileNotFoundError(f"the shipped ToyWorld MM-DiT weights are missing ({MMDIT_PATH}); reinstall the "
-                                    f"pack or pick '{RANDOM_FLUX}'")
-        key = (SHIPPED_MMDIT, os.path.getmtime(MMDIT_PATH))
-        if key not in _CACHE:
-            _CACHE[key] = load_toyworld_mmdit(MMDIT_PATH)
-        mp, clip, vae = _CACHE[key]
+        mp, clip, vae = _shipped(SHIPPED_MMDIT, MMDIT_PATH, load_toyworld_mmdit, "ToyWorld MM-DiT", RANDOM_FLUX)
     elif weights in RANDOM_CONFIGS:
         key = (weights, int(seed))
         if key not in _CACHE:
