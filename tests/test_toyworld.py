@@ -201,7 +201,7 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     path = str(tmp_path / "w.safetensors")
     run("--export", path)
     from attention_edit.comfy_bridge.models import model_family
-    from attention_edit.toyworld.train_mmdit import load_toyworld_mmdit
+    from attention_edit.toyworld.train_mmdit import TOYWORLD_WEIGHTS, load_toyworld_mmdit
 
     m, clip, vae = load_toyworld_mmdit(path)
     assert model_family(m) == "flux"
@@ -210,3 +210,13 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     assert w.abs().max() == 0 and m.model.diffusion_model.vector_in.out_layer.weight.abs().max() > 0
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red circle on the left on white"))
     assert cond[0][0].shape[1] == 256
+    # --init: a new run starts from the exported weights (fresh optimiser), its step continuing the file's
+    out2 = str(tmp_path / "run2")
+    r = subprocess.run(base[:4] + [out2] + base[5:] + ["--minutes", "0.8", "--init", path, "--no-pooled"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"initialised from {path} (step {again[-1]}," in r.stdout, r.stdout[-1500:]
+    assert json.loads(open(os.path.join(out2, "probe.jsonl")).readlines()[-1])["step"] > again[-1]
+    r = subprocess.run(base[:4] + [out2 + "x"] + base[5:] + ["--minutes", "0.5", "--init", TOYWORLD_WEIGHTS],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "not a ToyWorld MM-DiT weights file" in r.stderr, r.stderr[-1500:]

@@ -6,6 +6,8 @@ ToyWorld VAE, so that the editing benchmark can put an MM-DiT beside the SD1.x-a
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 100 --resume     # continue
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 180 --resume --no-pooled
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --export tw_mmdit.safetensors
+    python -m attention_edit.toyworld.train_mmdit --out runs/more --init toyworld/weights/toyworld_mmdit.safetensors \
+        --no-pooled --minutes 95 --lr 5e-4                  # continue the shipped weights (fresh optimiser)
 
     from attention_edit.toyworld.train_mmdit import load_toyworld_mmdit
     model, clip, vae = load_toyworld_mmdit("tw_mmdit.safetensors")    # MODEL / CLIP / VAE as ComfyUI's loaders give
@@ -244,6 +246,7 @@ class MMDiTTrainer:
             m.to(self.device)
         self.tokens = FluxTokens(self.clip)
         self.step = 0
+        self.step0 = 0  # --init: the file's step (the warm-up restarts there)
         self.elapsed = 0.0  # wall seconds of all sessions (set-up, steps, checkpoints, probes)
         self.best = {}
         self.session_t0 = t_start
@@ -362,7 +365,7 @@ class MMDiTTrainer:
         sigma = self.levels(len(idx), g)
         l_ids, t5_ids = self.tokens.batch(caps)
         loss = self.velocity_loss(x0, eps, sigma, l_ids, t5_ids)
-        warm = min(1.0, (self.step + 1) / a.warmup)
+        warm = min(1.0, (self.step - self.step0 + 1) / a.warmup)  # --init: warm-up again (fresh Adam)
         frac = min(1.0, self.elapsed_now() / (a.minutes * 60))
         lr = a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for pg in self.opt.param_groups:
@@ -425,6 +428,33 @@ class MMDiTTrainer:
         self.session_t0 = time.time()
         log(f"resumed step={self.step} elapsed={meta['elapsed'] / 60:.1f} min (+{time.time() - self.t_start:.0f}s "
             f"set-up)")
+
+    def init_from(self, path: str):
+        """--init: starts from an exported weights file (``--export`` / the shipped fp16 one): transformer and text
+        encoder weights, and the EMA, are set from it; the optimiser starts fresh (an export has no Adam state) and
+        the step count continues from the file's ``training`` metadata. Raises ValueError for a file that is not a
+        ToyWorld MM-DiT export or whose config differs from ``--config``."""
+        from ..comfy_bridge.files import read_safetensors
+
+        sd, meta = read_safetensors(str(path), "ToyWorld MM-DiT weights file (--init)")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"--init {path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r})")
+        if json.loads(meta["config"]) != self.cfg.to_dict():
+            raise ValueError(f"--init {path}: its config {meta['config']} differs from --config "
+                             f"{json.dumps(self.cfg.to_dict())}; pass the file's config as --config")
+        tr = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
+        te = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
+        with torch.no_grad():
+            for k, p in self.named:
+                src = tr.get(k[3:]) if k.startswith("tr.") else te.get(k[3:])
+                if src is None:
+                    raise ValueError(f"--init {path}: no tensor for {k}")
+                p.copy_(src.to(p.dtype))
+                self.ema[k].copy_(p)
+        self.pooled_off()
+        info = json.loads(meta.get("training", "{}"))
+        self.step = self.step0 = int(info.get("step", 0))
+        log(f"initialised from {path} (step {self.step}, {info.get('minutes')} min; fresh optimiser)")
 
     # ---- EMA export and probe
     def swap_ema(self):
@@ -590,6 +620,8 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=70.0,
                     help="total wall-clock budget of the run (all sessions: set-up, steps, checkpoints, probes)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="start a new run from an exported weights file (e.g. the shipped "
+                                              "toyworld/weights/toyworld_mmdit.safetensors); fresh optimiser")
     ap.add_argument("--export", default="", help="instead: write the run's EMA weights (fp16) to this path")
     ap.add_argument("--cpu", action="store_true", help="train on the CPU even where ComfyUI finds a GPU")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -646,6 +678,8 @@ def main(argv=None):
         tr.load()
     elif os.path.exists(tr.ckpt_path):
         log(f"{tr.ckpt_path} exists; pass --resume to continue it (starting fresh, overwriting)")
+    if args.init and not (args.resume and os.path.exists(tr.ckpt_path)):
+        tr.init_from(args.init)
     from ..comfy_bridge.flux_models import count_flux_parameters
 
     log(f"config {json.dumps(tr.cfg.to_dict())}")
