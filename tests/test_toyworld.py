@@ -212,7 +212,8 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     assert cond[0][0].shape[1] == 256
     # --init: a new run starts from the exported weights (fresh optimiser), its step continuing the file's
     out2 = str(tmp_path / "run2")
-    r = subprocess.run(base[:4] + [out2] + base[5:] + ["--minutes", "0.8", "--init", path, "--no-pooled"],
+    r = subprocess.run(base[:4] + [out2] + base[5:] + ["--minutes", "0.8", "--init", path, "--no-pooled",
+                                                      "--free-pads", "0.5"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"initialised from {path} (step {again[-1]}," in r.stdout, r.stdout[-1500:]
@@ -220,3 +221,26 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     r = subprocess.run(base[:4] + [out2 + "x"] + base[5:] + ["--minutes", "0.5", "--init", TOYWORLD_WEIGHTS],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "not a ToyWorld MM-DiT weights file" in r.stderr, r.stderr[-1500:]
+
+
+def test_caption_free_pads_replace_only_the_pad_outputs():
+    """--free-pads: for a marked caption the T5 outputs at pad positions become the empty caption's (which carry no
+    caption), its word and end-token outputs stay; an unmarked caption is untouched."""
+    from types import SimpleNamespace
+
+    from attention_edit.toyworld.train_mmdit import WEIGHTS, FluxTokens, MMDiTTrainer, encode_text, \
+        load_toyworld_mmdit
+
+    _, clip, _ = load_toyworld_mmdit(WEIGHTS, dtype=torch.float32)
+    tokens = FluxTokens(clip)
+    te = clip.cond_stage_model
+    fake = SimpleNamespace(te=te, tokens=tokens, T5_PAD=MMDiTTrainer.T5_PAD)
+    l_ids, t5_ids = tokens.batch(["a small red circle on the left on white", "a big blue square at the top on gray"])
+    with torch.no_grad():
+        ctx, _ = encode_text(te, l_ids, t5_ids)
+        out = MMDiTTrainer.caption_free_pads(fake, ctx, t5_ids, torch.tensor([True, False]))
+        empty = te.t5xxl([tokens.ids("")[1]])[0]
+    pads = torch.as_tensor(t5_ids[0]) == 0
+    assert 200 < int(pads.sum()) < 256 and not pads[0]
+    assert torch.equal(out[0, pads], empty[0, pads].to(out.dtype)) and not torch.allclose(ctx[0, pads], out[0, pads])
+    assert torch.equal(out[0, ~pads], ctx[0, ~pads]) and torch.equal(out[1], ctx[1])

@@ -339,14 +339,33 @@ class MMDiTTrainer:
         sigma = self.ms.sigma(u * float(getattr(self.ms, "multiplier", 1.0)))
         return torch.as_tensor(sigma, dtype=torch.float32).clamp(1e-3, 1.0)
 
-    def velocity_loss(self, x0, eps, sigma, l_ids, t5_ids, reduce=True):
+    #: T5's pad token id (ComfyUI's T5XXLModel special_tokens)
+    T5_PAD = 0
+
+    def caption_free_pads(self, ctx, t5_ids, free):
+        """--free-pads: for the captions marked in ``free`` [B] (bool), the T5 outputs at pad positions are replaced
+        by those of the empty caption at the same positions. ComfyUI runs Flux's T5 without a padding mask, so every
+        pad token attends to the caption and carries a summary of it; a small model learns to read the caption from
+        the ~245 pads (image rows spread their text attention evenly over words and pads) and its image->text maps
+        are flat. With caption-free pads on part of the batch, the caption can only be read from its word tokens
+        there, so the model must bind words through joint attention (what Prompt-to-Prompt controls); sampling is
+        unchanged (ComfyUI's own encoder output)."""
+        ids = torch.as_tensor(t5_ids, device=ctx.device)
+        empty = self.te.t5xxl([self.tokens.ids("")[1]])[0].to(ctx.dtype)      # [1, 256, width]
+        pads = (ids == self.T5_PAD) & free.to(ctx.device)[:, None]
+        return torch.where(pads[..., None], empty.expand_as(ctx), ctx)
+
+    def velocity_loss(self, x0, eps, sigma, l_ids, t5_ids, reduce=True, free=None):
         """MSE(v_pred, eps - x0) with x_sigma = (1 - sigma) x0 + sigma eps; x0, eps [B, 4, 8, 8] in the model's
-        space (0.18215 x VAE latent), sigma [B]. v_pred = (x_sigma - apply_model(x_sigma, sigma)) / sigma."""
+        space (0.18215 x VAE latent), sigma [B]. v_pred = (x_sigma - apply_model(x_sigma, sigma)) / sigma.
+        ``free`` [B] bool: captions whose T5 pads are made caption-free (``caption_free_pads``)."""
         from ..comfy_bridge.flux_models import flux_training_mode
 
         s = sigma.to(self.device).view(-1, 1, 1, 1)
         x = (1.0 - s) * x0 + s * eps
         ctx, pooled = encode_text(self.te, l_ids, t5_ids)
+        if free is not None and bool(free.any()):
+            ctx = self.caption_free_pads(ctx, t5_ids, free)
         with flux_training_mode():
             x0_pred = self.model.apply_model(x, sigma.to(self.device), c_crossattn=ctx, y=pooled)
         v_pred = (x - x0_pred.float()) / s
@@ -364,7 +383,10 @@ class MMDiTTrainer:
         eps = torch.randn(x0.shape, generator=g).to(self.device)
         sigma = self.levels(len(idx), g)
         l_ids, t5_ids = self.tokens.batch(caps)
-        loss = self.velocity_loss(x0, eps, sigma, l_ids, t5_ids)
+        free = None
+        if a.free_pads > 0:
+            free = torch.rand(len(idx), generator=g) < a.free_pads
+        loss = self.velocity_loss(x0, eps, sigma, l_ids, t5_ids, free=free)
         warm = min(1.0, (self.step - self.step0 + 1) / a.warmup)  # --init: warm-up again (fresh Adam)
         frac = min(1.0, self.elapsed_now() / (a.minutes * 60))
         lr = a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -642,6 +664,9 @@ def parse_args(argv=None):
                          "through T5 tokens in joint attention (as Flux.1 binds words); also on --resume of a run "
                          "trained with it, or to fine-tune a run trained without it")
 
+    ap.add_argument("--free-pads", type=float, default=0.0,
+                    help="share of the batch whose T5 pad outputs are replaced by the empty caption's, so the "
+                         "caption must be read from its word tokens (binds words through attention); 0: off")
     ap.add_argument("--ckpt-every", type=float, default=180.0, help="seconds")
     ap.add_argument("--probe-every", type=float, default=600.0, help="seconds")
     ap.add_argument("--probe-n", type=int, default=32)
