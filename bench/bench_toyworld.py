@@ -22,6 +22,7 @@ figures on the same machine. Targets (issue "ToyWorld"): faithfulness >= 90% per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--mmdit-blocks", default="all", choices=("all", "double", "vital"),
                     help="--model mmdit: the blocks whose joint attention is controlled")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=None,
+                    help="guidance scale of inversion, edits and text-to-image (default: 7.5 / 6 on the UNet, 1 on "
+                         "the MM-DiT)")
     ap.add_argument("--inner", type=int, default=10, help="null-text inner steps (reference default 10)")
     ap.add_argument("--only", default="t2i,inversion,swap,refine,reweight")
     ap.add_argument("--plot", default="out/toyworld_bench.png")
@@ -79,6 +83,8 @@ def main(argv=None):
     else:
         tm = eb.load_model(args.weights)
         st = eb.Settings(steps=args.steps, num_inner_steps=args.inner)
+    if args.cfg is not None:
+        st = dataclasses.replace(st, cfg=args.cfg, t2i_cfg=args.cfg)
     only = set(args.only.split(","))
     rows, plot = [], {}
     t0 = time.time()
@@ -116,6 +122,8 @@ def main(argv=None):
                          f"cover at threshold {st.blend_threshold:g}",
                          f"{mean([r[w]['localisation'] for r in res]):.2f} / {mean([r[w]['mask_cover'] for r in res]):.0%}",
                          ""))
+        rows.append(("attention maps: mass per token on the caption's words / on the padding (1 = no preference)",
+                     f"{mean([r['word_vs_pad'] for r in res]):.2f}", ""))
     if "refine" in only:
         res = [eb.refine_case(tm, s, st) for s in seeds]
         rows.append(("refine (add 'big'): judged big / kept colour+shape / area ratio",

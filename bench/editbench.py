@@ -235,7 +235,9 @@ def map_case(tm: ToyModel, seed: int, st: Settings) -> dict:
     over steps and layers as local blend averages them, on an identity edit of an inverted scene. Returns per word
     ``localisation`` = (share of the word's map mass on the object) / (the object's share of the image): 1 for a
     flat map, larger when the map concentrates on the object; and ``mask_cover``: the share of the image that a
-    local-blend mask of the word at ``st.blend_threshold`` covers."""
+    local-blend mask of the word at ``st.blend_threshold`` covers. Also ``word_vs_pad``: the mean map mass per
+    token of the caption's words over that of the padding after the end token (1: the maps do not tell the words
+    from the padding; for an MM-DiT, whose T5 runs without a padding mask, every pad carries the caption too)."""
     import torch.nn.functional as F
 
     from ..attention import align
@@ -262,6 +264,11 @@ def map_case(tm: ToyModel, seed: int, st: Settings) -> dict:
         out[word == o["shape"] and "shape" or "colour"] = {
             "localisation": on_object / max(float(share.mean()), 1e-6),
             "mask_cover": float((m / m.max().clamp_min(1e-12) > st.blend_threshold).float().mean())}
+    words = sorted({i for k in range(len(sc.caption.split()))
+                    for i in align.word_token_indices(tm.clip.tokenizer, sc.caption, k)})
+    per_token = maps.mean(dim=(0, 1))                                            # [T]
+    pads = per_token[words[-1] + 2:]                                             # after the end token
+    out["word_vs_pad"] = float(per_token[words].mean() / pads.mean().clamp_min(1e-12))
     return out
 
 

@@ -49,15 +49,18 @@ def test_reweight_case(tm):
 
 def test_map_case_measures_how_the_maps_locate_the_words(tm):
     """map_case on the trained UNet: its cross-attention maps of the shape word concentrate on the object (mean
-    localisation over 3 scenes well above the flat map's 1; 1.95 measured at 20 steps), and the local-blend mask
-    of the word covers part of the image, not all of it."""
+    localisation over 3 scenes well above the flat map's 1; 1.95 measured at 20 steps), the local-blend mask
+    of the word covers part of the image, not all of it, and a word token gets more of the map than a pad."""
     st = eb.Settings(steps=10, num_inner_steps=3)
     runs = [eb.map_case(tm, seed, st) for seed in (1000, 1001, 1002)]
     for r in runs:
-        assert set(r) == {"shape", "colour"} and all(0.0 <= r[w]["mask_cover"] <= 1.0 for w in r)
+        assert set(r) == {"shape", "colour", "word_vs_pad"} and r["word_vs_pad"] > 0
+        assert all(0.0 <= r[w]["mask_cover"] <= 1.0 for w in ("shape", "colour"))
     loc = sum(r["shape"]["localisation"] for r in runs) / len(runs)
     assert loc > 1.2, loc
     assert min(r["shape"]["mask_cover"] for r in runs) < 1.0
+    # and they tell the caption's words from the padding (2.1-5.1x a pad's share per token measured)
+    assert sum(r["word_vs_pad"] for r in runs) / len(runs) > 1.5
 
 
 def test_inversions_are_shared_between_cases(tm):
@@ -104,6 +107,7 @@ def test_mmdit_cases_run_for_every_block_choice(mm, blocks):
     r = eb.map_case(mm, 7, st)
     for w in ("shape", "colour"):
         assert math.isfinite(r[w]["localisation"]) and 0.0 <= r[w]["mask_cover"] <= 1.0
+    assert math.isfinite(r["word_vs_pad"]) and r["word_vs_pad"] > 0
 
 
 def test_mmdit_block_choice_sets_which_blocks_are_controlled(mm):
@@ -131,3 +135,22 @@ def test_mmdit_block_choice_sets_which_blocks_are_controlled(mm):
     evaluations = 2 * 4  # rf_solver: two model evaluations per step, 4 steps
     assert counts == {"all": 6 * evaluations, "double": 3 * evaluations, "vital": 2 * evaluations}, counts
     assert not torch.equal(images["all"], images["double"]) and not torch.equal(images["double"], images["vital"])
+
+
+def test_bench_command_with_cfg_and_the_word_vs_pad_row(tmp_path, capsys):
+    """bench_toyworld.py as its command, on the MM-DiT with --cfg: the runs' settings say the guidance used, the maps
+    give the word / padding row, and --compare prints the run as a column."""
+    import json
+
+    from attention_edit.bench import bench_toyworld
+
+    path = str(tmp_path / "r.json")
+    assert bench_toyworld.main(["--model", "mmdit", "--only", "t2i,maps", "--cases", "1", "--steps", "3", "--cfg", "3",
+                                "--plot", "", "--json", path]) in (0, None)
+    out = capsys.readouterr().out
+    assert "cfg 3.0" in out
+    rows = json.load(open(path))["rows"]
+    (row,) = [r for r in rows if "on the caption's words / on the padding" in r[0]]
+    assert float(row[1]) > 0
+    bench_toyworld.main(["--compare", path])
+    assert "on the caption's words / on the padding" in capsys.readouterr().out
