@@ -244,3 +244,13 @@ def test_caption_free_pads_replace_only_the_pad_outputs():
     assert 200 < int(pads.sum()) < 256 and not pads[0]
     assert torch.equal(out[0, pads], empty[0, pads].to(out.dtype)) and not torch.allclose(ctx[0, pads], out[0, pads])
     assert torch.equal(out[0, ~pads], ctx[0, ~pads]) and torch.equal(out[1], ctx[1])
+
+
+
+def test_free_pads_out_of_range_is_refused(capsys):
+    from attention_edit.toyworld.train_mmdit import parse_args
+
+    assert parse_args(["--free-pads", "0.5"]).free_pads == 0.5
+    with pytest.raises(SystemExit):
+        parse_args(["--free-pads", "2"])
+    assert "--free-pads 2: a share of the batch, between 0 (off) and 1" in capsys.readouterr().err

@@ -41,6 +41,11 @@ Model (decisions and why)
   Flux.1, whose pooled vector is a weak global signal beside T5 in attention. ``--no-pooled`` keeps that input's
   weight at zero, so captions reach the model only as T5 tokens in joint attention; the shipped model was trained
   79 minutes with the pooled vector, then fine-tuned with ``--no-pooled``.
+* The T5 pads (``--free-pads P``): ComfyUI runs Flux's T5 without a padding mask, so each of the ~245 pads attends to
+  the caption and carries it; the shipped model reads the caption from them (its image rows give a word 1.03x a
+  pad's attention, bench_toyworld.py --only maps). ``--free-pads`` gives a share P of each batch the empty
+  caption's pad outputs, so that there the caption can only be read from its word tokens; sampling is unchanged.
+  Short CPU fine-tunes with it (P 0.5, 480 steps) did not yet change the maps.
 * Initialisation: the seeded torch-default init of ``build_flux``, then adaLN-Zero (Peebles & Xie 2023, "Scalable
   Diffusion Models with Transformers"): the modulation projections of every block and of the final layer and the
   final linear start at zero, so every block starts as the identity (gates 0) and the output as 0.
@@ -672,7 +677,10 @@ def parse_args(argv=None):
     ap.add_argument("--probe-n", type=int, default=32)
     ap.add_argument("--probe-cfg", type=float, default=3.0, help="second probe's CFG scale (0: only CFG 1)")
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not 0.0 <= args.free_pads <= 1.0:
+        ap.error(f"--free-pads {args.free_pads:g}: a share of the batch, between 0 (off) and 1 (every caption)")
+    return args
 
 
 class _Tee:
