@@ -465,7 +465,8 @@ class MMDiTTrainer:
 
         sd, meta = read_safetensors(str(path), "ToyWorld MM-DiT weights file (--init)")
         if meta.get("format") != FORMAT:
-            raise ValueError(f"--init {path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r})")
+            raise ValueError(f"--init {path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r}); pass "
+                             "one written by --export, e.g. toyworld/weights/toyworld_mmdit.safetensors")
         if json.loads(meta["config"]) != self.cfg.to_dict():
             raise ValueError(f"--init {path}: its config {meta['config']} differs from --config "
                              f"{json.dumps(self.cfg.to_dict())}; pass the file's config as --config")
@@ -711,7 +712,9 @@ def main(argv=None):
         tr.load()
     elif os.path.exists(tr.ckpt_path):
         log(f"{tr.ckpt_path} exists; pass --resume to continue it (starting fresh, overwriting)")
-    if args.init and not (args.resume and os.path.exists(tr.ckpt_path)):
+    if args.init and args.resume and os.path.exists(tr.ckpt_path):
+        log(f"--init {args.init} not used: --resume continues {tr.ckpt_path}")
+    elif args.init:
         tr.init_from(args.init)
     from ..comfy_bridge.flux_models import count_flux_parameters
 
