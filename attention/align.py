@@ -32,7 +32,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -43,6 +43,7 @@ __all__ = [
     "T5_SEQ_LENS",
     "Stream",
     "stream_of",
+    "t5_min_length",
     "FixedLength",
     "fixed_length",
     "t5_sequence_length",
@@ -168,12 +169,35 @@ def common_length(tokenizer: Any, prompts: Sequence[str], strict: bool = True) -
     return st.length_for(worst)
 
 
+def t5_min_length(tokenizer: Any) -> Optional[int]:
+    """The shortest T5 sequence a ComfyUI tokenizer holder makes: the ``min_length`` of its T5 SDTokenizer (256 for
+    Flux; a model's text encoder built with ComfyUI's ``t5xxl_min_length`` tokenizer setting, e.g. the ToyWorld
+    MM-DiT's 32, has its own); None when the holder has no T5 tokenizer or says nothing."""
+    obj = tokenizer.inner if isinstance(tokenizer, FixedLength) else tokenizer
+    for _ in range(3):
+        t5 = getattr(obj, T5_KEY, None)
+        if t5 is not None:
+            m = getattr(t5, "min_length", None)
+            return int(m) if isinstance(m, int) and m > 1 else None
+        obj = getattr(obj, "tokenizer", None)
+        if obj is None:
+            return None
+    return None
+
+
 def stream_of(tokenizer: Any) -> Stream:
     """:data:`T5_STREAM` for a tokenizer holder whose model attends to T5 tokens (Flux), else :data:`CLIP_STREAM`;
-    for a :class:`FixedLength` holder, that stream at its length."""
+    for a :class:`FixedLength` holder, that stream at its length. A T5 tokenizer whose shortest sequence is not
+    ComfyUI's 256 (:func:`t5_min_length`) gives that length first, then 512."""
     hf = hf_tokenizer(tokenizer)
     st = T5_STREAM if getattr(hf, "bos_token_id", 0) is None else CLIP_STREAM
-    return st.fixed(tokenizer.seq_len) if isinstance(tokenizer, FixedLength) else st
+    if isinstance(tokenizer, FixedLength):
+        return st.fixed(tokenizer.seq_len)
+    if st is T5_STREAM:
+        m = t5_min_length(tokenizer)
+        if m is not None and m != T5_SEQ_LEN:
+            return Stream(st.name, st.offset, m, tuple(sorted({m, max(T5_SEQ_LENS)})))
+    return st
 
 
 #: Largest equalizer factor magnitude (the references use 2-10; beyond this the maps overflow float16/32 math).

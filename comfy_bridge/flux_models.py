@@ -58,6 +58,10 @@ class FluxConfig:
     t5_heads: int = 2
     t5_kv: int = 24
     t5_ff: int = 96
+    # the shortest T5 sequence the tokenizer makes (ComfyUI's ``t5xxl_min_length`` tokenizer setting, what core
+    # T5TokenizerOptions sets); None: ComfyUI's own 256 for Flux. The edit glue encodes and aligns every prompt of an
+    # edit at this length (attention.align.stream_of reads it from the tokenizer)
+    t5_min_length: int | None = None
     # VAE
     vae_ch: int = 32
     vae_ch_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
@@ -196,7 +200,8 @@ def build_flux(config=TINY_FLUX, seed: int = 0, state_dict: dict | None = None, 
                "initial_device": mm.text_encoder_offload_device()}
     if dtype is not None:
         options["dtype"] = dtype
-    clip = comfy.sd.CLIP(target, model_options=options)
+    tok_data = {} if cfg.t5_min_length is None else {"t5xxl_min_length": int(cfg.t5_min_length)}
+    clip = comfy.sd.CLIP(target, tokenizer_data=tok_data, model_options=options)
     if clip_sd:
         m, u = clip.cond_stage_model.load_state_dict({k: v.float() for k, v in clip_sd.items()}, strict=False)
         m = [k for k in m if not k.endswith("position_ids")]

@@ -447,6 +447,39 @@ def test_long_prompts_invert_and_edit_on_the_nodes(flux, caplog):
     assert short.source_cond[0][0].shape[1] == 256  # the inversion itself is unchanged
 
 
+def test_a_text_encoder_with_its_own_t5_length_edits_at_that_length(flux):
+    """A Flux text encoder built with ComfyUI's ``t5xxl_min_length`` tokenizer setting (FluxConfig.t5_min_length; the
+    ToyWorld MM-DiT's 32): the edit glue encodes, aligns and controls at that length (not ComfyUI's default 256),
+    a prompt longer than it goes to 512 for every prompt of the edit, and the nodes invert and edit with it."""
+    import dataclasses
+
+    from attention_edit.attention import align
+    from attention_edit.attention.recipe import EditSpec, build_controller
+    from attention_edit.comfy_bridge.flux_models import TINY_FLUX, build_flux
+    from attention_edit.nodes.common import encode
+    from attention_edit.nodes.edit_nodes import run_edit
+    from attention_edit.nodes.inversion_nodes import invert_image
+
+    m, clip, _ = build_flux(dataclasses.replace(TINY_FLUX, t5_min_length=16), seed=0)
+    tok = clip.tokenizer
+    assert align.t5_min_length(tok) == 16 and align.t5_min_length(flux["clip"].tokenizer) == 256
+    st = align.stream_of(tok)
+    assert (st.seq_len, st.lengths, st.limit) == (16, (16, 512), 511)
+    assert clip.encode_from_tokens_scheduled(clip.tokenize(SOURCE))[0][0].shape[1] == 16  # ComfyUI's own encode
+    assert encode(clip, SOURCE)[0][0].shape[1] == 16
+    assert align.common_length(tok, [SOURCE, "a photo of a dog"]) == 16
+    wordy = SOURCE + " on a soft blue blanket beside a window"
+    assert align.token_count(tok, wordy) > 15 and align.common_length(tok, [SOURCE, wordy]) == 512
+    ctrl = build_controller(tok, SOURCE, EditSpec(target_prompts=("a photo of a dog",)), 4)
+    assert ctrl.edits[0].mapper.shape == (16, 16) and ctrl.edits[0].cross_alpha.shape == (5, 16)
+    inv = invert_image(m, clip, flux["latent"], SOURCE, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
+    assert inv.source_cond[0][0].shape[1] == 16
+    same, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(SOURCE,)))
+    assert float((same[1] - same[0]).abs().max()) < 1e-5 * float(same.abs().max())
+    dog, _ = run_edit(m, clip, inv, EditSpec(target_prompts=("a photo of a dog",)))
+    assert torch.equal(dog[0], same[0]) and float((dog[1] - same[1]).abs().max()) > 1e-4
+
+
 def test_local_blend_says_when_its_mask_covers_everything(flux, inv, caplog):
     """A local-blend mask over the whole image (threshold 0) or none of it is a blend that does nothing useful: the
     Edit Sampler's glue logs which, and which setting to move."""
