@@ -175,9 +175,10 @@ def test_trainer_split_merge_roundtrip(tmp_path):
 
 def test_mmdit_trainer_resumes_and_exports(tmp_path):
     """The ToyWorld MM-DiT trainer (toyworld/train_mmdit.py), run as its command: a short run checkpoints, a
-    --resume run continues from its step (not from 0; here with --no-pooled), and --export writes weights that
-    load_toyworld_mmdit turns
-    into ComfyUI's Flux model (family "flux") on the shipped ToyWorld VAE. Tiny settings: 48 scenes, batch 4."""
+    --resume run continues from its step (not from 0; here with --no-pooled; one with another config is refused),
+    and --export writes weights that load_toyworld_mmdit turns into ComfyUI's Flux model (family "flux") on the
+    shipped ToyWorld VAE, its tokenizer padding T5 to the run's --t5-length. --init starts a run from an export;
+    a --t5-length shorter than the captions is refused. Tiny settings: 48 scenes, batch 4."""
     import json
     import subprocess
     import sys
@@ -191,10 +192,12 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         return r.stdout
 
-    run("--minutes", "0.6")
+    run("--minutes", "0.9", "--t5-length", "32")
     steps = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert steps and steps[-1] > 0
-    log = run("--minutes", "1.2", "--resume", "--no-pooled")
+    r = subprocess.run(base + ["--minutes", "1.6", "--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "pass the run's --config and --t5-length again" in r.stderr, r.stderr[-1500:]
+    log = run("--minutes", "1.6", "--resume", "--no-pooled", "--t5-length", "32")
     assert f"resumed step={steps[-1]} " in log, log[-1500:]
     again = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert again[-1] > steps[-1]
@@ -209,11 +212,12 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     w = m.model.diffusion_model.vector_in.in_layer.weight
     assert w.abs().max() == 0 and m.model.diffusion_model.vector_in.out_layer.weight.abs().max() > 0
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red circle on the left on white"))
-    assert cond[0][0].shape[1] == 256
+    assert cond[0][0].shape[1] == 32  # --t5-length 32: kept in the file's config, the loader's tokenizer pads to it
+    assert m.toy_config.t5_min_length == 32
     # --init: a new run starts from the exported weights (fresh optimiser), its step continuing the file's
     out2 = str(tmp_path / "run2")
     r = subprocess.run(base[:4] + [out2] + base[5:] + ["--minutes", "0.8", "--init", path, "--no-pooled",
-                                                      "--free-pads", "0.5"],
+                                                      "--free-pads", "0.5", "--t5-length", "32"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"initialised from {path} (step {again[-1]}," in r.stdout, r.stdout[-1500:]
@@ -221,6 +225,9 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     r = subprocess.run(base[:4] + [out2 + "x"] + base[5:] + ["--minutes", "0.5", "--init", TOYWORLD_WEIGHTS],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "not a ToyWorld MM-DiT weights file" in r.stderr, r.stderr[-1500:]
+    r = subprocess.run(base[:4] + [out2 + "y"] + base[5:] + ["--minutes", "0.5", "--t5-length", "12"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "--t5-length 12 is shorter than a ToyWorld caption's" in r.stderr, r.stderr[-1500:]
 
 
 def test_caption_free_pads_replace_only_the_pad_outputs():

@@ -85,6 +85,7 @@ the largest object); plus the velocity loss of the EMA model on 128 held-out sce
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -237,6 +238,8 @@ class MMDiTTrainer:
         self.ckpt_path = os.path.join(self.out, "ckpt.safetensors")
         self.device = host.torch_device()
         self.cfg = fm.flux_config_from_any(args.config)
+        if getattr(args, "t5_length", None):
+            self.cfg = dataclasses.replace(self.cfg, t5_min_length=int(args.t5_length))
         self.mp, self.clip, _ = fm.build_flux(self.cfg, seed=args.seed, dtype=torch.float32)
         self.flux = self.mp.model.diffusion_model
         self.model = self.mp.model  # comfy.model_base.Flux: apply_model, model_sampling, latent_format
@@ -319,6 +322,9 @@ class MMDiTTrainer:
         for _ in range(2000):
             i = rng.randrange(self.data.n)
             l_ids, t5_ids = self.tokens.ids(self.data.caption(i, rng))
+            if self.cfg.t5_min_length and len(t5_ids) > self.cfg.t5_min_length:
+                raise ValueError(f"--t5-length {self.cfg.t5_min_length} is shorter than a ToyWorld caption's "
+                                 f"{len(t5_ids)} T5 tokens (with the end token); pass at least 25")
             for key, ids in (("l", l_ids), ("t5xxl", t5_ids)):
                 new = set(ids) - rows[key]
                 extra[key] += len(new)
@@ -443,7 +449,13 @@ class MMDiTTrainer:
         log(f"checkpoint {reason} step={self.step} elapsed={self.elapsed / 60:.1f} min ({time.time() - t:.1f}s)")
 
     def load(self):
+        from ..comfy_bridge import flux_models as fm
+
         tensors, meta = load_ckpt(self.ckpt_path)
+        if "config" in meta and fm.flux_config_from_any(meta["config"]).to_dict() != self.cfg.to_dict():
+            raise ValueError(f"--resume {self.ckpt_path}: the run's config {json.dumps(meta['config'])} differs from "
+                             f"this command's {json.dumps(self.cfg.to_dict())}; pass the run's --config and "
+                             "--t5-length again")
         self.flux.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("tr/")})
         self.te.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("te/")}, strict=False)
         self.ema = {k[4:]: v.clone().to(self.device) for k, v in tensors.items() if k.startswith("ema/")}
@@ -467,7 +479,9 @@ class MMDiTTrainer:
         if meta.get("format") != FORMAT:
             raise ValueError(f"--init {path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r}); pass "
                              "one written by --export, e.g. toyworld/weights/toyworld_mmdit.safetensors")
-        if json.loads(meta["config"]) != self.cfg.to_dict():
+        from ..comfy_bridge import flux_models as fm
+
+        if fm.flux_config_from_any(json.loads(meta["config"])).to_dict() != self.cfg.to_dict():
             raise ValueError(f"--init {path}: its config {meta['config']} differs from --config "
                              f"{json.dumps(self.cfg.to_dict())}; pass the file's config as --config")
         tr = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
@@ -655,6 +669,10 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="toyworld_mmdit", help="a FLUX_CONFIGS name or a FluxConfig as JSON")
+    ap.add_argument("--t5-length", type=int, default=0,
+                    help="the T5 sequence length (ComfyUI's t5xxl_min_length tokenizer setting, kept in the config "
+                         "and the exported file; 0: the config's, ComfyUI's 256 by default); at least 25, the "
+                         "longest ToyWorld caption's 24 tokens and the end token")
     ap.add_argument("--vae", default=TOYWORLD_WEIGHTS, help="weights file whose (frozen) VAE makes the latents")
     ap.add_argument("--n-data", type=int, default=8000, help="scenes rendered and encoded once (as the ToyWorld "
                                                              "UNet's latent cache)")
