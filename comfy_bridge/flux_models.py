@@ -81,12 +81,14 @@ TINY_FLUX_SCHNELL = dataclasses.replace(TINY_FLUX, name="tiny_flux_schnell", gui
 #: The ToyWorld MM-DiT (toyworld/train_mmdit.py): Flux.1-schnell architecture (no guidance embedding) on the ToyWorld
 #: VAE's 4-channel 8x8 latents (SD1.5 latent format; patch 2x2 -> 16 image tokens of 16 features), hidden 128 with
 #: 4 heads of 32 (RoPE axes 8 + 12 + 12), 3 double-stream + 3 single-stream blocks; CLIP-L width 64 (pooled vector),
-#: T5 width 128 (the 256-token sequence). The vae_* fields describe the ToyWorld VAE (the loader uses the shipped one).
+#: T5 width 128, its sequence 32 tokens long (ComfyUI's ``t5xxl_min_length`` tokenizer setting: the longest ToyWorld
+#: caption is 25 tokens with the end token; at ComfyUI's default 256 this model never learnt its words on a CPU
+#: budget, see toyworld/train_mmdit.py). The vae_* fields describe the ToyWorld VAE (the loader uses the shipped one).
 TOYWORLD_MMDIT = FluxConfig(
     name="toyworld_mmdit", image_size=64, hidden_size=128, num_heads=4, depth=3, depth_single_blocks=3,
     axes_dim=[8, 12, 12], mlp_ratio=4.0, guidance_embed=False,
     clip_width=64, clip_layers=2, clip_heads=2, clip_intermediate=256,
-    t5_width=128, t5_layers=2, t5_heads=4, t5_kv=32, t5_ff=256,
+    t5_width=128, t5_layers=2, t5_heads=4, t5_kv=32, t5_ff=256, t5_min_length=32,
     vae_ch=32, vae_ch_mult=[1, 2, 2, 4], latent_channels=4, latent_format="sd15")
 FLUX_CONFIGS = {"tiny_flux": TINY_FLUX, "tiny_flux_schnell": TINY_FLUX_SCHNELL, "toyworld_mmdit": TOYWORLD_MMDIT}
 

@@ -137,6 +137,7 @@ def test_loader_offers_the_shipped_mmdit():
     out = AE_ToyWorldLoader.execute(weights=SHIPPED_MMDIT, seed=0)
     mp, clip, vae = out.args if hasattr(out, "args") else out.result
     assert model_family(mp) == "flux" and mp.model.diffusion_model.vector_in.in_layer.weight.abs().max() == 0
+    assert clip.encode_from_tokens_scheduled(clip.tokenize("a red circle"))[0][0].shape[1] == 32  # its T5 length
     tm = eb.load_mmdit()
     r = eb.inversion_case(tm, 1000, eb.Settings(steps=20, **eb.MMDIT_SETTINGS), methods=("rf_solver",))
     assert r["rf_solver"] > r["vae"] - 1.0, r
@@ -192,12 +193,13 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         return r.stdout
 
-    run("--minutes", "0.9", "--t5-length", "32")
+    run("--minutes", "0.9")  # the toyworld_mmdit config: T5 at 32 tokens
     steps = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert steps and steps[-1] > 0
-    r = subprocess.run(base + ["--minutes", "1.6", "--resume"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(base + ["--minutes", "1.6", "--resume", "--t5-length", "40"], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode != 0 and "pass the run's --config and --t5-length again" in r.stderr, r.stderr[-1500:]
-    log = run("--minutes", "1.6", "--resume", "--no-pooled", "--t5-length", "32")
+    log = run("--minutes", "1.6", "--resume", "--no-pooled")
     assert f"resumed step={steps[-1]} " in log, log[-1500:]
     again = [json.loads(line)["step"] for line in open(os.path.join(out, "probe.jsonl"))]
     assert again[-1] > steps[-1]
@@ -212,12 +214,12 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     w = m.model.diffusion_model.vector_in.in_layer.weight
     assert w.abs().max() == 0 and m.model.diffusion_model.vector_in.out_layer.weight.abs().max() > 0
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red circle on the left on white"))
-    assert cond[0][0].shape[1] == 32  # --t5-length 32: kept in the file's config, the loader's tokenizer pads to it
+    assert cond[0][0].shape[1] == 32  # T5 length 32: kept in the file's config, the loader's tokenizer pads to it
     assert m.toy_config.t5_min_length == 32
     # --init: a new run starts from the exported weights (fresh optimiser), its step continuing the file's
     out2 = str(tmp_path / "run2")
     r = subprocess.run(base[:4] + [out2] + base[5:] + ["--minutes", "0.8", "--init", path, "--no-pooled",
-                                                      "--free-pads", "0.5", "--t5-length", "32"],
+                                                      "--free-pads", "0.5"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"initialised from {path} (step {again[-1]}," in r.stdout, r.stdout[-1500:]
@@ -248,7 +250,7 @@ def test_caption_free_pads_replace_only_the_pad_outputs():
         out = MMDiTTrainer.caption_free_pads(fake, ctx, t5_ids, torch.tensor([True, False]))
         empty = te.t5xxl([tokens.ids("")[1]])[0]
     pads = torch.as_tensor(t5_ids[0]) == 0
-    assert 200 < int(pads.sum()) < 256 and not pads[0]
+    assert len(t5_ids[0]) == 32 and 15 < int(pads.sum()) < 32 and not pads[0]  # the shipped model's T5 length
     assert torch.equal(out[0, pads], empty[0, pads].to(out.dtype)) and not torch.allclose(ctx[0, pads], out[0, pads])
     assert torch.equal(out[0, ~pads], ctx[0, ~pads]) and torch.equal(out[1], ctx[1])
 

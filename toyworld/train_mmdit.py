@@ -2,9 +2,10 @@
 ``comfy_bridge.flux_models.TOYWORLD_MMDIT``) on the ToyWorld scenes with rectified flow, on the latents of the SHIPPED
 ToyWorld VAE, so that the editing benchmark can put an MM-DiT beside the SD1.x-architecture ToyWorld UNet.
 
-    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 70 --threads 1   # fresh
-    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 100 --resume     # continue
-    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 180 --resume --no-pooled
+    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 90 --threads 2 \
+        --no-pooled --free-pads 0.5                       # fresh: the shipped model's recipe (T5 at 32 tokens)
+    python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --minutes 120 --threads 2 \
+        --no-pooled --free-pads 0.5 --resume              # continue (the same config; another one is refused)
     python -m attention_edit.toyworld.train_mmdit --out runs/toyworld_mmdit --export tw_mmdit.safetensors
     python -m attention_edit.toyworld.train_mmdit --out runs/more --init toyworld/weights/toyworld_mmdit.safetensors \
         --no-pooled --minutes 95 --lr 5e-4                  # continue the shipped weights (fresh optimiser)
@@ -18,8 +19,8 @@ Model (decisions and why)
   32 (RoPE axes 8 + 12 + 12 over (index, row, column), summing to the head width), 3 double-stream + 3 single-stream
   blocks, MLP ratio 4: 2.65 M parameters (text encoders: CLIP-L 0.11 M + T5 0.33 M besides their token tables,
   49408 x 64 = 3.16 M and 32128 x 128 = 4.11 M, of which 30 and 31 rows are used and trained). in/out channels 4: the ToyWorld VAE's 8x8x4 latent is patchified 2x2 into
-  16 image tokens of 16 features; the text stream is the T5 sequence, which ComfyUI pads to 256 tokens, so every
-  block sees 272 tokens (the 256 text tokens are most of the cost: about 2 s per batch of 32 on one CPU thread).
+  16 image tokens of 16 features; the text stream is the T5 sequence, 32 tokens (``--t5-length``, below), so every
+  block sees 48 tokens (about 0.4 s per batch of 32 on two CPU threads).
 * No guidance embedding (schnell-like): Flux.1-dev's guidance input is distilled from a teacher's classifier-free
   guidance; without a teacher, a guidance value drawn at random during training would carry no signal and be
   learnt as noise. The model is trained for plain conditional sampling at CFG 1 (what the pack's rectified-flow
@@ -40,12 +41,18 @@ Model (decisions and why)
   UNet's cross-attention), so Prompt-to-Prompt had nothing to control and local blend nothing to locate, unlike
   Flux.1, whose pooled vector is a weak global signal beside T5 in attention. ``--no-pooled`` keeps that input's
   weight at zero, so captions reach the model only as T5 tokens in joint attention; the shipped model was trained
-  79 minutes with the pooled vector, then fine-tuned with ``--no-pooled``.
-* The T5 pads (``--free-pads P``): ComfyUI runs Flux's T5 without a padding mask, so each of the ~245 pads attends to
-  the caption and carries it; the shipped model reads the caption from them (its image rows give a word 1.03x a
-  pad's attention, bench_toyworld.py --only maps). ``--free-pads`` gives a share P of each batch the empty
-  caption's pad outputs, so that there the caption can only be read from its word tokens; sampling is unchanged.
-  A CPU fine-tune with it (80 min, 1800 steps, P 0.5 then 1) did not change the maps (words 1.06x a pad).
+  with it from the start.
+* The T5 sequence length (``--t5-length``, FluxConfig.t5_min_length; 32 in the ``toyworld_mmdit`` config): ComfyUI
+  pads Flux's T5 sequence to 256 unless the text encoder's tokenizer is built with another ``t5xxl_min_length``
+  (its own tokenizer setting, what core T5TokenizerOptions sets); the loader builds this model's with the length
+  of its file's config, and the pack's edit glue encodes and aligns at that length. At 256 (the model shipped
+  before; 6500 steps over about 2.5 CPU hours), 240 of the 272 tokens every block sees were pads and the model
+  never learnt its words: text-to-image faithfulness at chance (colour 18%), every edit 0%. At 32 a step costs
+  about a fifth as much and the same recipe follows its words (see the README's side-by-side figures).
+* The T5 pads (``--free-pads P``): ComfyUI runs Flux's T5 without a padding mask, so each pad attends to the caption
+  and carries it, and a small model can read the caption from them instead of from its words. ``--free-pads``
+  gives a share P of each batch the empty caption's pad outputs, so that there the caption can only be read from
+  its word tokens; sampling is unchanged. The shipped model was trained with P 0.5.
 * Initialisation: the seeded torch-default init of ``build_flux``, then adaLN-Zero (Peebles & Xie 2023, "Scalable
   Diffusion Models with Transformers"): the modulation projections of every block and of the final layer and the
   final linear start at zero, so every block starts as the identity (gates 0) and the output as 0.
