@@ -501,3 +501,17 @@ def test_local_blend_says_when_its_mask_covers_everything(flux, inv, caplog):
     assert "lower 'threshold'" in run(1.0)[0]
     cat = store.average((4, 4))[0][..., 6]  # the map of 'cat' (T5 pieces: ▁ a photo of ▁ a cat)
     assert "Local Blend" not in run(float((cat / cat.max()).median()))[0]
+
+
+def test_the_full_size_entry_runs_at_a_small_size(comfy, capsys):
+    """bench_flow_inversion.py --full-size (the Flux.1-width block stack: hidden 3072, 24 heads, T5 width 4096; for
+    1024x1024 on a lent GPU) runs here at 64x64 and one step, and prints time and peak memory per step for core
+    sampling and for the P2P word swap, and their ratio."""
+    from attention_edit.bench import bench_flow_inversion
+
+    assert bench_flow_inversion.main(["--full-size", "--size", "64", "--steps", "1",
+                                      "--threads", str(torch.get_num_threads())]) == 0
+    out = capsys.readouterr().out
+    assert "Flux.1 width (1 double + 1 single blocks" in out and "64x64, 1 steps" in out
+    assert "| core sampling, 2 prompts as a batch |" in out and "| P2P word swap (every block controlled) |" in out
+    assert "P2P / plain time per step:" in out

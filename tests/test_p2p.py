@@ -123,9 +123,11 @@ def test_stacks_with_another_nodes_attention_patch(tiny, ddim_inv):
     assert (with_both - only_ours).abs().max() > 1e-4, "SAG's patch had no effect next to ours"
     assert (with_both[1] - only_sag[1]).abs().max() > 1e-4, "our edit had no effect next to SAG's patch"
     # the source row is not edited by P2P: with SAG on, it is the same with and without our controller (up to
-    # float32 rounding of our explicit softmax vs ComfyUI's kernel; the random tiny model's latents are large)
+    # float32 rounding of our explicit softmax vs ComfyUI's kernel; the random tiny model's latents are large; the
+    # rounding depends on the CPU's vector kernels: under 1e-5 on the earlier CI machines, 1.9e-5 (sd2_v) on an
+    # AMD EPYC)
     rel = (with_both[0] - only_sag[0]).abs().max() / only_sag[0].abs().max()
-    assert rel < 1e-5
+    assert rel < 1e-4, rel
 
 
 @pytest.mark.parametrize("mode", ["fast", "reference"])
