@@ -64,7 +64,8 @@ class AE_P2PEdit(io.ComfyNode):
                                tooltip="Flux (MM-DiT) only: which blocks' joint attention the edit controls. all: "
                                        "every double- and single-stream block; double: the 19 double-stream "
                                        "blocks; vital: Stable Flow's vital layers of FLUX.1-dev (double 0, 1, 17, "
-                                       "18; single 6, 9, 34, 35, 37)."),
+                                       "18; single 6, 9, 34, 35, 37). all is the P2P recipe; vital is a lighter "
+                                       "touch (refine keeps the source's attributes a little more often)."),
             ],
             outputs=[P2PEdit.Output("edit", tooltip="The edit; add Reweight / Local Blend, then connect it to "
                                                     "Prompt-to-Prompt Edit Sampler.")],
