@@ -263,3 +263,6 @@ def test_free_pads_out_of_range_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--free-pads", "2"])
     assert "--free-pads 2: a share of the batch, between 0 (off) and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--t5-length", "-3"])
+    assert "--t5-length -3: a number of T5 tokens, at least 25" in capsys.readouterr().err

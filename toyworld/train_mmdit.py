@@ -455,11 +455,16 @@ class MMDiTTrainer:
         save_ckpt(self.ckpt_path, tensors, meta)
         log(f"checkpoint {reason} step={self.step} elapsed={self.elapsed / 60:.1f} min ({time.time() - t:.1f}s)")
 
-    def load(self):
+    def same_config(self, config) -> bool:
+        """Whether a run's or file's stored config (a dict or its JSON) is this trainer's, after filling in the
+        fields it predates (comfy_bridge.flux_models.flux_config_from_any)."""
         from ..comfy_bridge import flux_models as fm
 
+        return fm.flux_config_from_any(config).to_dict() == self.cfg.to_dict()
+
+    def load(self):
         tensors, meta = load_ckpt(self.ckpt_path)
-        if "config" in meta and fm.flux_config_from_any(meta["config"]).to_dict() != self.cfg.to_dict():
+        if "config" in meta and not self.same_config(meta["config"]):
             raise ValueError(f"--resume {self.ckpt_path}: the run's config {json.dumps(meta['config'])} differs from "
                              f"this command's {json.dumps(self.cfg.to_dict())}; pass the run's --config and "
                              "--t5-length again")
@@ -486,9 +491,7 @@ class MMDiTTrainer:
         if meta.get("format") != FORMAT:
             raise ValueError(f"--init {path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r}); pass "
                              "one written by --export, e.g. toyworld/weights/toyworld_mmdit.safetensors")
-        from ..comfy_bridge import flux_models as fm
-
-        if fm.flux_config_from_any(json.loads(meta["config"])).to_dict() != self.cfg.to_dict():
+        if not self.same_config(meta["config"]):
             raise ValueError(f"--init {path}: its config {meta['config']} differs from --config "
                              f"{json.dumps(self.cfg.to_dict())}; pass the file's config as --config")
         tr = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
@@ -678,7 +681,7 @@ def parse_args(argv=None):
     ap.add_argument("--config", default="toyworld_mmdit", help="a FLUX_CONFIGS name or a FluxConfig as JSON")
     ap.add_argument("--t5-length", type=int, default=0,
                     help="the T5 sequence length (ComfyUI's t5xxl_min_length tokenizer setting, kept in the config "
-                         "and the exported file; 0: the config's, ComfyUI's 256 by default); at least 25, the "
+                         "and the exported file; 0: the config's, 32 for toyworld_mmdit); at least 25, the "
                          "longest ToyWorld caption's 24 tokens and the end token")
     ap.add_argument("--vae", default=TOYWORLD_WEIGHTS, help="weights file whose (frozen) VAE makes the latents")
     ap.add_argument("--n-data", type=int, default=8000, help="scenes rendered and encoded once (as the ToyWorld "
@@ -706,6 +709,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if not 0.0 <= args.free_pads <= 1.0:
         ap.error(f"--free-pads {args.free_pads:g}: a share of the batch, between 0 (off) and 1 (every caption)")
+    if args.t5_length < 0:
+        ap.error(f"--t5-length {args.t5_length}: a number of T5 tokens, at least 25 (0: the config's length)")
     return args
 
 
