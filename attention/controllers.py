@@ -205,6 +205,11 @@ class LocalBlend:
                    blend, 48 seeds (bench/bench_defaults.py local_blend): injected 69% / IoU 0.587 / background
                    37.3 dB, own 67% / 0.546 / 36.3 dB.
 
+    fixed:         masks that need no attention maps, [P-1 or 1, 1, h, w] in {0, 1} (1 = take the edit): the
+                   prediction-difference mask (DiffEdit, inversion/prediction_mask.py) or a MASK the user connected,
+                   set by the edit glue before the replay; when set they replace the maps' masks (the words are then
+                   not needed) and are resized (nearest) to the latent.
+
     Mask recipe (reference LocalBlend): mean map of the words' tokens -> 3x3 max-pool (stride 1; radius scaled
     with the map side here) -> nearest resize to the latent -> divide by its max -> > threshold.
     """
@@ -217,6 +222,7 @@ class LocalBlend:
     downscale: float = 4.0
     dilation: Optional[int] = None
     maps: str = "injected"
+    fixed: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.maps not in ("own", "injected"):
@@ -248,8 +254,18 @@ class LocalBlend:
         m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         return m > self.threshold
 
-    def masks(self, store: AttentionStore, latent_hw) -> torch.Tensor:
-        """Float masks [P-1, 1, H, W] (1 = take the edit, 0 = keep the source) for the edited rows."""
+    def masks(self, store: Optional[AttentionStore], latent_hw, rows: Optional[int] = None) -> torch.Tensor:
+        """Float masks [P-1, 1, H, W] (1 = take the edit, 0 = keep the source) for the edited rows (``rows``: P - 1,
+        needed only with ``fixed`` masks; from the store's prompts otherwise)."""
+        if self.fixed is not None:
+            m = self.fixed.float()
+            if tuple(m.shape[-2:]) != tuple(latent_hw):
+                m = F.interpolate(m, size=tuple(int(v) for v in latent_hw), mode="nearest")
+            n = rows if rows is not None else m.shape[0]
+            if m.shape[0] not in (1, n):
+                raise ValueError(f"local blend has {m.shape[0]} masks for {n} edited prompts; give one mask, or one "
+                                 "per edited prompt")
+            return m.expand(n, *m.shape[1:])
         hw = store.nearest((max(int(latent_hw[0] / self.downscale), 1), max(int(latent_hw[1] / self.downscale), 1)))
         maps = store.average(hw)  # [P, h, w, T]
         src = self._word_mask(maps[0], self.source_tokens, latent_hw)
@@ -265,7 +281,7 @@ class LocalBlend:
         """x: [P, C, H, W]. Returns x with each edited row equal to the source row outside its mask."""
         if step < self.start_step or x.shape[0] < 2:
             return x
-        m = self.masks(store, x.shape[-2:]).to(x.device, x.dtype)
+        m = self.masks(store, x.shape[-2:], x.shape[0] - 1).to(x.device, x.dtype)
         base = x[:1]
         return torch.cat([base, base + m * (x[1:] - base)], 0)
 

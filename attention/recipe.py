@@ -22,10 +22,20 @@ from .controllers import LocalBlend, P2PController, PromptEdit, SelfInjection
 Window = Union[float, tuple]
 
 
+#: where local blend's mask comes from: the attention maps of the blend words (P2P), or the difference of the model's
+#: predictions under the source and the edited prompt (DiffEdit: no attention maps needed, so every architecture)
+MASK_SOURCES = ("attention", "prediction")
+
+
 @dataclass(frozen=True)
 class LocalBlendSpec:
     """Local blend words and settings. source_words are looked up in the source prompt, target_words in every
-    edited prompt; ``use`` picks the mask: 'both' (union, reference), 'source' (Custom-Edit), 'target'."""
+    edited prompt; ``use`` picks the mask: 'both' (union, reference), 'source' (Custom-Edit), 'target'.
+
+    mask_from: 'attention' (the words' attention maps, the reference's) or 'prediction' (the prediction-difference
+    mask, DiffEdit: ``noise_draws`` draws at ``noise_strength``, binarised at ``prediction_threshold``; computed by
+    the Edit Sampler before the replay, inversion/prediction_mask.py). ``mask``: a MASK the user connected ([B, H, W]
+    at the image's or the latent's size), which replaces both; the words are needed only for 'attention'."""
 
     source_words: tuple = ()
     target_words: tuple = ()
@@ -35,6 +45,30 @@ class LocalBlendSpec:
     downscale: float = 4.0
     dilation: Optional[int] = None  # max-pool radius in map pixels; None = auto (LocalBlend.pool_radius)
     maps: str = "injected"  # LocalBlend.maps: 'injected' (the reference's) or 'own' (the edited row's, before injection)
+    mask_from: str = "attention"
+    prediction_threshold: float = 0.5
+    noise_draws: int = 10
+    noise_strength: float = 0.5
+    mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        from .masks import check_threshold
+
+        if self.mask_from not in MASK_SOURCES:
+            raise ValueError(f"local blend's mask_from must be one of {MASK_SOURCES}, got {self.mask_from!r}")
+        check_threshold(self.threshold, "local blend threshold")
+        check_threshold(self.prediction_threshold, "local blend prediction_threshold")
+        if not 1 <= int(self.noise_draws) <= 64:
+            raise ValueError(f"local blend's noise_draws is {self.noise_draws}; give 1 to 64 (DiffEdit: 10)")
+        s = float(self.noise_strength)
+        if not (s == s and 0.0 < s < 1.0):
+            raise ValueError(f"local blend's noise_strength is {self.noise_strength!r}; give a fraction of the noise "
+                             "schedule above 0 and below 1 (DiffEdit: 0.5)")
+
+    @property
+    def needs_words(self) -> bool:
+        """Whether the mask is made from the blend words' attention maps."""
+        return self.mask is None and self.mask_from == "attention"
 
 
 @dataclass(frozen=True)
@@ -128,16 +162,18 @@ def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: i
     blend = None
     lb = spec.local_blend
     if lb is not None:
-        if not lb.source_words and not lb.target_words:
+        if lb.needs_words and not lb.source_words and not lb.target_words:
             raise ValueError("local blend needs at least one word: give the source words (what to change in the "
-                             "photo) and/or the target words (what it becomes)")
-        if lb.use == "source" and not lb.source_words:
+                             "photo) and/or the target words (what it becomes), or make the mask from the "
+                             "predictions (mask_from 'prediction') or connect a mask")
+        if lb.needs_words and lb.use == "source" and not lb.source_words:
             raise ValueError("local blend 'use' is 'source' but no source words were given")
-        if lb.use == "target" and not lb.target_words:
+        if lb.needs_words and lb.use == "target" and not lb.target_words:
             raise ValueError("local blend 'use' is 'target' but no target words were given")
+        words = lb.needs_words  # a prediction or user mask needs no words: they are not looked up
         blend = LocalBlend(
-            source_tokens=_tokens(tokenizer, source_prompt, lb.source_words),
-            target_tokens=[_tokens(tokenizer, t, lb.target_words) for t in spec.target_prompts],
+            source_tokens=_tokens(tokenizer, source_prompt, lb.source_words) if words else [],
+            target_tokens=[_tokens(tokenizer, t, lb.target_words) if words else [] for t in spec.target_prompts],
             use=lb.use, threshold=lb.threshold, start_step=int(round(lb.start * num_steps)),
             downscale=lb.downscale, dilation=lb.dilation, maps=lb.maps)
     # record the maps local blend reads even when they are finer than the default store limit (small latents)

@@ -597,6 +597,13 @@ def prediction_type(model_patcher) -> str:
     return prediction_of(model_patcher.get_model_object("model_sampling"))
 
 
+def pixels_per_latent(model_patcher) -> int:
+    """How many image pixels one latent pixel covers along a side: the latent format's spacial_downscale_ratio
+    (ComfyUI 0.33; 0.3.75 has no such attribute, and every family it serves, SD1.x / SD2.x / SDXL / Flux.1, is 8)."""
+    fmt = getattr(getattr(model_patcher, "model", None), "latent_format", None)
+    return int(getattr(fmt, "spacial_downscale_ratio", 8) or 8)
+
+
 def prediction_of(ms) -> str:
     """:func:`prediction_type` of a ComfyUI model_sampling object (CONST -> "flow", V_PREDICTION -> "v", EPS ->
     "eps", by class name along its MRO, so ComfyUI's combined classes such as ModelSamplingDiscreteFlow count)."""

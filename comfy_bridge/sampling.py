@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..inversion.core import METHODS as INVERSION_METHODS  # noqa: F401  (the runner's --method choices)
 from ..inversion.ddim import reference_ddim_timesteps
 from ..inversion.protocol import Loop
 from .progress import throw_if_interrupted
@@ -380,17 +381,18 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
 
 def check_method(model_patcher, method: str) -> None:
     """ValueError when an inversion method does not fit the model: the rectified-flow methods (rf_euler,
-    rf_solver, fireflow) need a flow model (Flux), the others a diffusion model (SD1.x / SD2.x / SDXL)."""
-    from ..inversion.core import DIFFUSION_METHODS, METHODS
+    rf_solver, fireflow) need a flow model (Flux), null_text / negative_prompt / ddim a diffusion model (SD1.x /
+    SD2.x / SDXL); direct serves both."""
+    from ..inversion.core import DIFFUSION_METHODS, FLOW_MODEL_METHODS, METHODS
     from ..inversion.flow import FLOW_METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; choose one of {METHODS}")
     flow = sampling_kind(model_patcher.get_model_object("model_sampling")) == "flow"
-    if flow and method not in FLOW_METHODS:
+    if flow and method not in FLOW_MODEL_METHODS:
         raise ValueError(f"'{method}' inverts diffusion models with classifier-free guidance; this is a "
                          f"rectified-flow model (Flux: its guidance is an embedding, there is no unconditional "
-                         f"branch to optimise): choose one of {', '.join(FLOW_METHODS)}")
+                         f"branch to optimise): choose one of {', '.join(FLOW_MODEL_METHODS)}")
     if not flow and method in FLOW_METHODS:
         raise ValueError(f"'{method}' is a rectified-flow inversion (Flux); for this diffusion model choose one of "
                          f"{', '.join(DIFFUSION_METHODS)}")
@@ -439,3 +441,34 @@ def edit(model_patcher, inversion, target_conds: list, controller=None, **kwargs
     check_inversion_model(inversion, model_patcher)
     return replay(ComfyRunner(model_patcher, inversion.source_cond, controller), inversion, target_conds, controller,
                   **kwargs)
+
+
+def noise_level(model_patcher, strength: float) -> float:
+    """The sigma at which a fraction ``strength`` of the model's noise schedule is left to denoise (DiffEdit's
+    encoding ratio; img2img's denoise): ComfyUI's ``model_sampling.percent_to_sigma(1 - strength)``, the timestep
+    strength x 1000 for a diffusion model, the time-shifted level for a rectified-flow one."""
+    ms = model_patcher.get_model_object("model_sampling")
+    return float(ms.percent_to_sigma(1.0 - float(strength)))
+
+
+def prediction_mask(model_patcher, inversion, target_conds: list, draws: int = 10, strength: float = 0.5,
+                    seed: int = 0, progress=None) -> torch.Tensor:
+    """``inversion.prediction_mask.prediction_difference_loop`` for the photo of ``inversion`` (its encoded latent)
+    and the edited prompts' CONDITIONINGs, run in ComfyUI's sampler with ``model_patcher`` (no controller: plain
+    predictions). Returns the raw maps [edits, 1, h, w] at the latent's resolution."""
+    from ..inversion.prediction_mask import prediction_difference_loop
+    from ..inversion.replay import prompt_embeddings
+
+    run = ComfyRunner(model_patcher, inversion.source_cond)
+    embs = prompt_embeddings(inversion, target_conds, run.embedding)
+    sigma = noise_level(model_patcher, strength)
+    out = {}
+
+    def loop(den, x, sig):
+        with torch.no_grad():
+            out["map"] = prediction_difference_loop(den, x, sigma, embs.to(x.device, x.dtype), draws, seed, progress)
+        return x
+
+    with torch.no_grad():
+        run.run(loop, inversion.latent.clone(), torch.tensor([sigma, 0.0]))
+    return out["map"].cpu()

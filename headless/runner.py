@@ -405,6 +405,9 @@ class RunResult:
     trained: list[Path] = field(default_factory=list)  # copies (in *out*) of the concept files training wrote
     side_by_side: Path | None = None  # [source | reconstruction | edit ...] as one PNG
     judged: list | None = None        # for a ToyWorld scene: the judge's objects in each tile of side_by_side
+    #: for a ToyWorld scene: per tile of side_by_side, (PSNR dB, SSIM) against the source over the background (the
+    #: pixels away from the source's and the tile's objects: toyworld.judge.background_fidelity), or None
+    background: list | None = None
 
 
 def prepare_image(image: str | os.PathLike | None, input_dir: Path, size: tuple[int, int] | None) -> str:
@@ -628,11 +631,11 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
         files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
     trained = _copy_trained(res, prompt, out_dir)
     source_file = Path(bridge_files.input_dir()) / image_name if image_name else None
-    side, verdicts = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
+    side, verdicts, backgrounds = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
     if side is not None:
         files.append(side)
     return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
-                     history=dict(res), trained=trained, side_by_side=side, judged=verdicts)
+                     history=dict(res), trained=trained, side_by_side=side, judged=verdicts, background=backgrounds)
 
 
 def prepare_scene(caption: str, input_dir: Path, seed: int = 0):
@@ -668,16 +671,17 @@ def _main_save_node(prompt: Mapping[str, Any]) -> str | None:
 
 def _side_by_side(prompt, outputs, out_dir: Path, source_file: Path | None, scene_obj=None):
     """Writes [source | reconstruction | edit ...] as one PNG (nearest-neighbour upscaled to >= 256 px high) next
-    to the outputs; returns (its path or None, the judge's readings for a ToyWorld scene or None)."""
+    to the outputs; returns (its path or None, the judge's readings for a ToyWorld scene or None, per tile the
+    background's (PSNR, SSIM) against the source for a ToyWorld scene or None)."""
     from PIL import Image, ImageOps
 
     nid = _main_save_node(prompt)
     if nid is None or source_file is None or not source_file.is_file():
-        return None, None
+        return None, None, None
     items = [it for it in (outputs.get(nid) or {}).get("images", []) if it.get("type", "output") == "output"]
     tiles = [Image.open(out_dir / (it.get("subfolder") or "") / it["filename"]).convert("RGB") for it in items]
     if len(tiles) < 2:
-        return None, None
+        return None, None, None
     w, h = tiles[0].size
     src = ImageOps.fit(Image.open(source_file).convert("RGB"), (w, h), Image.Resampling.LANCZOS)
     tiles = [src] + tiles
@@ -689,17 +693,25 @@ def _side_by_side(prompt, outputs, out_dir: Path, source_file: Path | None, scen
     prefix = str(prompt[nid]["inputs"].get("filename_prefix", "edit")).replace("/", "_")
     path = out_dir / f"{prefix}_side_by_side.png"
     sheet.save(path, format="PNG")
-    verdicts = None
+    verdicts = backgrounds = None
     if scene_obj is not None and (w, h) == (64, 64):
         import numpy as np
 
         from ..toyworld import judge
 
-        verdicts = []
+        verdicts, backgrounds = [], []
+        source = np.asarray(tiles[0])
         for t in tiles:
-            found = judge.judge_image(np.asarray(t), background=scene_obj.background)
+            a = np.asarray(t)
+            found = judge.judge_image(a, background=scene_obj.background)
             verdicts.append([{k: o[k] for k in judge.ATTRS} for o in found])
-    return path, verdicts
+            outside = judge.outside_objects([o.mask for o in scene_obj.objects] + [o["mask"] for o in found],
+                                            a.shape[:2])
+            try:
+                backgrounds.append(judge.background_fidelity(a, source, outside))
+            except ImportError:  # scikit-image is not installed (the pack's test extra has it)
+                backgrounds.append(None)
+    return path, verdicts, backgrounds
 
 
 def describe_judged(objs: list) -> str:
@@ -786,7 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="inversion and edit steps (default: the workflow's, 50; 20 with the "
                                              "tiny model)")
     p.add_argument("--num-inner-steps", type=int, help="null-text optimisation iterations per step (default 10)")
-    p.add_argument("--method", choices=["null_text", "negative_prompt", "ddim"], help="inversion method")
+    from ..comfy_bridge.sampling import INVERSION_METHODS
+
+    p.add_argument("--method", choices=list(INVERSION_METHODS), help="AE_InvertImage's inversion method")
     p.add_argument("--reference", action="append", metavar="PATH",
                    help="a picture of the concept for concept-training workflows (custom_edit_*); repeat it for "
                         "3-5 pictures (default: the photo itself, a smoke run)")
@@ -875,8 +889,14 @@ def main(argv: list[str] | None = None) -> int:
     if res.judged:
         names = ["source", "reconstruction"] + [f"edit {i}" if len(res.judged) > 3 else "edit"
                                                 for i in range(1, len(res.judged) - 1)]
-        for name, objs in zip(names, res.judged):
-            print(f"[attention_edit] judge: {name}: {describe_judged(objs)}")
+        bgs = res.background or [None] * len(res.judged)
+        for name, objs, bg in zip(names, res.judged, bgs):
+            extra = ""
+            if name != "source":
+                extra = ("; background (away from the objects) vs the source: PSNR "
+                         f"{'identical' if bg[0] >= 100 else f'{bg[0]:.1f} dB'}, SSIM {bg[1]:.3f}" if bg else
+                         "; background PSNR: install scikit-image to measure it")
+            print(f"[attention_edit] judge: {name}: {describe_judged(objs)}{extra}")
     if res.trained:
         print("[attention_edit] trained concept file(s), copied from ComfyUI's models folder:")
         for f in res.trained:

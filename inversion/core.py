@@ -13,6 +13,15 @@ Sources:
     computed once per step, early stop when the loss drops below epsilon + slope * step.
   * Negative-prompt inversion: Miyake et al. (arXiv 2305.16807): DDIM inversion, then the source prompt's
     embedding is used as the "unconditional" one at every step (cure-lab/PnPInversion NegativePromptInversion).
+  * Direct Inversion (PnP Inversion): Ju et al., "PnP Inversion: Boosting Diffusion-based Editing with 3 Lines of
+    Code" (ICLR 2024, arXiv 2310.01506), Algorithm 1: DDIM inversion keeps its whole trajectory z*_0 ... z*_T, and
+    while editing the source branch is put back on it after every step, z^src_{t-1} <- z^src_{t-1} +
+    (z*_{t-1} - z^src_{t-1}), so the source row reproduces the photo with no optimisation while the edited rows
+    are left to the attention controller (cure-lab/PnPInversion DirectInversion.offset_calculate and
+    p2p_guidance_forward.direct_inversion_p2p_guidance_diffusion_step, which add the same offset computed in a
+    separate pass). :class:`Inversion` keeps the trajectory as ``path``; inversion/replay.py applies it. On a
+    rectified-flow model the same idea is the stored inversion path of :func:`inversion.flow.flow_inversion_loop`:
+    the source row's step is corrected onto it (its velocity replaced by the path's own over the interval).
 """
 from __future__ import annotations
 
@@ -23,13 +32,21 @@ import torch
 import torch.nn.functional as F
 
 from .ddim import ddim_step, to_vp
-from .flow import FLOW_METHODS, evaluations, flow_inversion_loop
+from .flow import FLOW_METHODS, flow_inversion_loop
 from .protocol import Denoiser, LoopRunner, embedding_of
 
+#: Direct Inversion (PnP Inversion): the inversion path kept and the edit's source row put back on it every step;
+#: it serves diffusion models (a DDIM inversion's trajectory) and rectified-flow models (the flow inversion's path)
+DIRECT = "direct"
 #: the inversion methods of diffusion (DDPM-trained, CFG) models
-DIFFUSION_METHODS = ("null_text", "negative_prompt", "ddim")
-#: every method: the diffusion ones, then the rectified-flow ones (inversion/flow.py: Flux and other flow models)
+DIFFUSION_METHODS = ("null_text", "negative_prompt", "ddim", DIRECT)
+#: the rectified-flow methods (inversion/flow.py: Flux and other flow models), and direct
+FLOW_MODEL_METHODS = FLOW_METHODS + (DIRECT,)
+#: every method: the diffusion ones, then the rectified-flow solvers
 METHODS = DIFFUSION_METHODS + FLOW_METHODS
+#: the ODE solver of Direct Inversion on a rectified-flow model: FireFlow's midpoint step (second order at about one
+#: model evaluation per step; bench/bench_flow_inversion.py: RF-Solver's accuracy at Euler's cost)
+DIRECT_FLOW_SOLVER = "fireflow"
 #: below this many steps an inversion is coarse (the references invert at 50; see :func:`inversion_advice`)
 FEW_STEPS = 10
 
@@ -71,11 +88,17 @@ class Inversion:
     family:         the model family inverted with ("sd1", "sd2", "sdxl"; "" when not recorded).
     prediction:     "eps" or "v" ("" when not recorded).
     guidance_scale: the CFG scale the inversion was made for (null-text is optimised for it).
-    method:         'null_text', 'negative_prompt' or 'ddim'; for flow models 'rf_euler', 'rf_solver' or 'fireflow'
-                    (inversion/flow.py: uncond is then empty and guidance_scale 1, the model's guidance being part
-                    of source_cond).
+    method:         'null_text', 'negative_prompt', 'ddim' or 'direct'; for flow models 'rf_euler', 'rf_solver',
+                    'fireflow' or 'direct' (inversion/flow.py: uncond is then empty and guidance_scale 1, the model's
+                    guidance being part of source_cond).
     losses:         per step, the null-text inner losses (empty lists for the other methods).
     latent:         [1, C, H, W] the encoded input (LATENT scale), kept to measure the reconstruction.
+    solver:         the rectified-flow ODE solver the inversion was made with and the replay uses ('rf_euler',
+                    'rf_solver', 'fireflow'); "" for a diffusion model (DDIM).
+    path:           method 'direct' only: [N + 1, C, H, W] the inversion path in the model's latent scale (what the
+                    loops see: ComfyUI's process_latent_in of LATENT), ordered like the replay schedule: path[i] is
+                    the latent at sigmas[i], path[0] = x_T, path[N] = the encoded photo. The replay's source row is
+                    put back on path[i + 1] after step i (Ju et al. 2023, Algorithm 1). None for the other methods.
     """
 
     x_T: torch.Tensor
@@ -90,10 +113,21 @@ class Inversion:
     scheduler: str = ""
     family: str = ""
     prediction: str = ""
+    solver: str = ""
+    path: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if not self.solver and self.method in FLOW_METHODS:
+            self.solver = self.method
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    @property
+    def is_flow(self) -> bool:
+        """True for an inversion of a rectified-flow model (Flux): its replay walks the flow ODE with ``solver``."""
+        return bool(self.solver)
 
     def check_compatible(self, steps: Optional[int] = None, latent_shape=None) -> None:
         """Raises ValueError when an edit asks for another step count or image size than was inverted."""
@@ -332,25 +366,27 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
     sigmas = sigmas.float()
     cond_emb = torch.cat(embs)
     empty_emb = emb_of(empty_cond).detach()
-    total = (len(sigmas) - 1) * (2 if method == "null_text" else 1)
-    if method in FLOW_METHODS:
-        total = evaluations(method, len(sigmas) - 1)
     result = {}
 
     def loop(den: Denoiser, x, sig):
         s = sig.to(x.device)
+        N = len(s) - 1
         ce, ee = cond_emb.to(x.device, x.dtype), empty_emb.to(x.device, x.dtype)
-        if method in FLOW_METHODS:
-            # rectified flow (inversion/flow.py): no unconditional branch, nothing to optimise
+        flow = getattr(den, "prediction", "eps") == "flow"
+        if method in FLOW_METHODS or (flow and method == DIRECT):
+            # rectified flow (inversion/flow.py): no unconditional branch, nothing to optimise; direct keeps the path
+            solver = DIRECT_FLOW_SOLVER if method == DIRECT else method
             with torch.no_grad():
-                x_T = flow_inversion_loop(den, x, s, ce, method,
-                                          progress=(lambda d, n: progress(d, n)) if progress else None)
-            result["uncond"] = [[] for _ in range(B)]
-            result["losses"] = [[] for _ in range(B)]
+                out = flow_inversion_loop(den, x, s, ce, solver, progress=progress, keep_path=method == DIRECT)
+            x_T, levels = out if method == DIRECT else (out, None)
+            result.update(uncond=[[] for _ in range(B)], losses=[[] for _ in range(B)], solver=solver)
+            if levels is not None:  # ascending (photo ... x_T): the replay order is the reverse
+                result["path"] = [torch.cat([p[r:r + 1] for p in reversed(levels)]).detach().cpu() for r in range(B)]
             return x_T
+        total = N * (2 if method == "null_text" else 1)
         with torch.no_grad():
             traj = ddim_inversion_loop(den, x, s, ce, progress=(lambda d, n: progress(d, total)) if progress else None)
-        N = len(s) - 1
+        result["solver"] = ""
         if method == "null_text":
             with torch.inference_mode(False), torch.enable_grad():
                 den.enable_grad()
@@ -365,9 +401,11 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
         elif method == "negative_prompt":
             result["uncond"] = [[ce[r:r + 1].detach().cpu()] * N for r in range(B)]
             result["losses"] = [[] for _ in range(B)]
-        else:
+        else:  # ddim and direct: the empty prompt as the unconditional embedding (the reference's for both)
             result["uncond"] = [[ee.detach().cpu()] * N for _ in range(B)]
             result["losses"] = [[] for _ in range(B)]
+            if method == DIRECT:  # traj is photo ... x_T; the replay order is the reverse
+                result["path"] = [torch.cat([t[r:r + 1] for t in reversed(traj)]).detach().cpu() for r in range(B)]
         return traj[-1]
 
     with torch.inference_mode(False):
@@ -375,4 +413,5 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
     return [Inversion(x_T=x_T[r:r + 1].clone(), sigmas=sigmas.cpu(), source_prompt=prompts[r],
                       source_cond=source_conds[r], uncond=result["uncond"][r], guidance_scale=float(guidance_scale),
                       method=method, latent=latent[r:r + 1].detach().cpu(), losses=result["losses"][r],
-                      scheduler=scheduler) for r in range(B)]
+                      scheduler=scheduler, solver=result["solver"],
+                      path=result["path"][r] if "path" in result else None) for r in range(B)]

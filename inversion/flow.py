@@ -57,13 +57,16 @@ def _check(method: str) -> str:
 
 def flow_walk(den: Denoiser, x: torch.Tensor, levels: list, emb, method: str,
               after_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
-              progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+              progress: Optional[Callable[[int, int], None]] = None, visited: Optional[list] = None) -> torch.Tensor:
     """Integrates dx/dsigma = v from levels[0] to levels[-1] (ascending: inversion; descending: sampling) with
     ``method``. x: [B, C, H, W] in the model's latent space; emb: the conditional embedding(s) [B or 1, T, D] or a
     function step -> embedding; after_step(x, i): a hook after step i (local blend). A level of 0 where the
-    velocity is read is raised to SIGMA_FLOOR. Returns the final x."""
+    velocity is read is raised to SIGMA_FLOOR. ``visited``: a list that gets x at every level (levels[0] first,
+    len(levels) tensors). Returns the final x."""
     _check(method)
     n = len(levels) - 1
+    if visited is not None:
+        visited.append(x)
     emb_at = emb if callable(emb) else (lambda i: emb)
     reuse = None
     for i in range(n):
@@ -82,24 +85,45 @@ def flow_walk(den: Denoiser, x: torch.Tensor, levels: list, emb, method: str,
             reuse = v_mid
         if after_step is not None:
             x = after_step(x, i)
+        if visited is not None:
+            visited.append(x)
         if progress:
             progress(i + 1, n)
     return x
 
 
 def flow_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, emb: torch.Tensor, method: str,
-                        progress=None) -> torch.Tensor:
+                        progress=None, keep_path: bool = False):
     """Inverts clean latents x0 [B, C, H, W] (model space) along the descending schedule ``sigmas`` [N + 1] (1 ... 0)
-    walked backwards; returns x_T at sigmas[0]."""
+    walked backwards; returns x_T at sigmas[0], or with ``keep_path`` (x_T, the N + 1 latents visited, x0 first and
+    x_T last: the path Direct Inversion puts the source row back on)."""
     levels = [float(s) for s in sigmas.flip(0)]
-    return flow_walk(den, x0, levels, emb, method, progress=progress)
+    visited = [] if keep_path else None
+    x_T = flow_walk(den, x0, levels, emb, method, progress=progress, visited=visited)
+    return (x_T, visited) if keep_path else x_T
 
 
 def flow_replay_loop(den: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, cond_embs: torch.Tensor, method: str,
-                     controller=None, progress=None) -> torch.Tensor:
+                     controller=None, progress=None, source_path: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Samples P prompts (cond_embs [P, T, D]) from one x_T [1, C, H, W] along ``sigmas`` (descending) with
-    ``method``; the controller's after-step hook (local blend) runs after every step. Returns [P, C, H, W]."""
+    ``method``; the controller's after-step hook (local blend) runs after every step. ``source_path`` ([N + 1, C, H,
+    W], the stored inversion path in the replay's order: Direct Inversion): after step i the source row (row 0) is
+    set to source_path[i + 1] before the hook, i.e. its velocity over the interval is replaced by the path's own,
+    (path[i + 1] - x_src) / h: the rectified-flow form of Ju et al. 2023, Algorithm 1. Returns [P, C, H, W]."""
     P = cond_embs.shape[0]
     x = x_T.expand(P, *x_T.shape[1:]).clone()
     hook = controller.after_step if controller is not None else None
+    if source_path is not None:
+        hook = on_source_path(source_path, hook)
     return flow_walk(den, x, [float(s) for s in sigmas], cond_embs, method, hook, progress)
+
+
+def on_source_path(path: torch.Tensor, then: Optional[Callable] = None) -> Callable:
+    """An after-step hook that puts row 0 back on ``path`` ([N + 1, C, H, W], the replay's order) after step i
+    (x[0] = path[i + 1]), then calls ``then`` (local blend, which then blends towards the exact source).
+    Source: Ju et al. 2023 (PnP Inversion), Algorithm 1."""
+    def hook(x: torch.Tensor, i: int) -> torch.Tensor:
+        x = x.clone()
+        x[0] = path[i + 1].to(x.device, x.dtype)
+        return then(x, i) if then is not None else x
+    return hook

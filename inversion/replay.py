@@ -15,29 +15,37 @@ import torch
 from ..attention.controllers import P2PController
 from .core import Inversion
 from .ddim import ddim_step
-from .flow import FLOW_METHODS, flow_replay_loop
+from .flow import flow_replay_loop, on_source_path
 from .protocol import Denoiser, LoopRunner, embedding_of
 
 
 def replay_loop(den: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, cond_embs: torch.Tensor, uncond: list,
                 guidance_scale: float, controller: Optional[P2PController] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                progress: Optional[Callable[[int, int], None]] = None,
+                source_path: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CFG DDIM sampling of P prompts from one x_T.
 
     x_T: [1, C, H, W] (model scale); sigmas: [N + 1] descending; cond_embs: [P, T, D]; uncond: N embeddings
-    [1, T, D] (one per step). Returns [P, C, H, W].
+    [1, T, D] (one per step). ``source_path`` (Direct Inversion, [N + 1, C, H, W] in the replay's order): after
+    each step the source row is put back on the inversion trajectory, x[0] = source_path[i + 1], before local
+    blend (Ju et al. 2023, Algorithm 1: z^src_{t-1} += z*_{t-1} - z^src_{t-1}; the reference adds that offset,
+    computed in a separate pass, at the same place); the edited rows are left to the controller. Returns
+    [P, C, H, W].
     """
     P = cond_embs.shape[0]
     N = len(sigmas) - 1
     x = x_T.expand(P, *x_T.shape[1:]).clone()
+    hook = controller.after_step if controller is not None else None
+    if source_path is not None:
+        hook = on_source_path(source_path, hook)
     for i in range(N):
         den.check_interrupt()
         s, s_next = sigmas[i], sigmas[i + 1]
         u = uncond[i].to(x.device, x.dtype) if guidance_scale != 1.0 else None
         c, u = den.denoise(x, float(s), cond_embs, u)
         x = ddim_step(x, den.cfg(c, u, x, float(s), guidance_scale), s, s_next)
-        if controller is not None:
-            x = controller.after_step(x, i)
+        if hook is not None:
+            x = hook(x, i)
         if progress:
             progress(i + 1, N)
     return x
@@ -74,12 +82,19 @@ def edit(runner: LoopRunner, inversion: Inversion, target_conds: list, controlle
     if controller is not None and controller.num_prompts != cond_embs.shape[0]:
         raise ValueError(f"the controller is for {controller.num_prompts} prompts, got {cond_embs.shape[0]}")
 
+    path = inversion.path
+    if path is not None and (path.ndim != 4 or path.shape[0] != len(inversion.sigmas) or
+                             tuple(path.shape[1:]) != tuple(inversion.x_T.shape[1:])):
+        raise ValueError(f"this direct inversion's path has shape {list(path.shape)} but its schedule has "
+                         f"{len(inversion.sigmas)} levels and x_T is {list(inversion.x_T.shape)}: the inversion is "
+                         "damaged; run Invert Image again")
+
     @torch.no_grad()
     def loop(den: Denoiser, x, sig):
-        if inversion.method in FLOW_METHODS:
-            return flow_replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.method, controller,
-                                    progress)
+        if inversion.is_flow:
+            return flow_replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.solver, controller,
+                                    progress, source_path=path)
         return replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.uncond, scale, controller,
-                           progress)
+                           progress, source_path=path)
 
     return runner.run(loop, inversion.x_T.clone(), inversion.sigmas.clone())

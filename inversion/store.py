@@ -2,8 +2,11 @@
 
 Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, T, D] (per-step unconditional
 embeddings; [0, T, D] for the rectified-flow methods, which have none), ``latent`` [1, C, H, W], ``source_emb``
-[1, T, D] and, when the conditioning had them, ``source_pooled`` and ``source_guidance`` (Flux); metadata (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction
-(of the model inverted with: "sd1" / "sd2" / "sdxl", "eps" / "v"; absent in files of earlier versions). On SDXL
+[1, T, D] and, when the conditioning had them, ``source_pooled`` and ``source_guidance`` (Flux); for Direct Inversion
+``path`` [N + 1, C, H, W] (the inversion path in the model's latent scale, replay order: Inversion.path); metadata
+(strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction (of the
+model inverted with: "sd1" / "sd2" / "sdxl", "eps" / "v"; absent in files of earlier versions) and solver (the
+rectified-flow ODE solver, "" for diffusion models; absent in earlier files, where the method named it). On SDXL
 ``uncond`` rows end with the pooled-vector row (inversion.core.Inversion).
 """
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 
 import torch
 
-from .core import METHODS, Inversion
+from .core import DIRECT, METHODS, Inversion
 from .flow import FLOW_METHODS
 
 FORMAT = "attention_edit.inversion/1"
@@ -36,9 +39,12 @@ def to_file(inv: Inversion) -> tuple:
             tensors["source_pooled"] = extras["pooled_output"].detach().cpu().float().contiguous()
         if extras.get("guidance") is not None:  # Flux: the guidance embedding's value the inversion ran with
             tensors["source_guidance"] = torch.tensor([float(extras["guidance"])])
+        if inv.path is not None:
+            tensors["path"] = inv.path.detach().cpu().float().contiguous()
     meta = {"format": FORMAT, "source_prompt": inv.source_prompt, "method": inv.method,
             "guidance_scale": repr(inv.guidance_scale), "scheduler": inv.scheduler,
-            "losses": json.dumps(inv.losses), "family": inv.family, "prediction": inv.prediction}
+            "losses": json.dumps(inv.losses), "family": inv.family, "prediction": inv.prediction,
+            "solver": inv.solver}
     return tensors, meta
 
 
@@ -53,16 +59,26 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
         raise ValueError(f"{name} has the inversion metadata but lacks the tensor(s) {', '.join(missing)}: it is "
                          "incomplete or was edited; run Invert Image and Save Inversion again")
     x_T, sigmas, uncond = tensors["x_T"], tensors["sigmas"], tensors["uncond"]
+    method = meta.get("method", "")
+    solver = meta.get("solver", "") or (method if method in FLOW_METHODS else "")
+    path = tensors.get("path")
     problems = []
     if x_T.ndim != 4 or x_T.shape[0] != 1:
         problems.append(f"x_T has shape {list(x_T.shape)}, expected [1, C, H, W]")
     if sigmas.ndim != 1 or len(sigmas) < 2:
         problems.append(f"sigmas has shape {list(sigmas.shape)}, expected [steps + 1]")
-    elif uncond.ndim != 3 or uncond.shape[0] != (0 if meta.get("method") in FLOW_METHODS else len(sigmas) - 1):
+    elif uncond.ndim != 3 or uncond.shape[0] != (0 if solver else len(sigmas) - 1):
         problems.append(f"uncond has shape {list(uncond.shape)}, expected [{len(sigmas) - 1}, tokens, width]")
+    if method == DIRECT:
+        want = [len(sigmas)] + list(x_T.shape[1:])
+        if path is None:
+            problems.append("a 'direct' inversion needs its inversion path (tensor 'path'), which is missing")
+        elif list(path.shape) != want:
+            problems.append(f"path has shape {list(path.shape)}, expected {want} (one latent per level)")
+    if solver and solver not in FLOW_METHODS:
+        problems.append(f"unknown rectified-flow solver {solver!r}")
     if tensors["latent"].shape != x_T.shape:
         problems.append(f"latent {list(tensors['latent'].shape)} and x_T {list(x_T.shape)} differ in shape")
-    method = meta.get("method", "")
     if method not in METHODS:
         problems.append(f"unknown method {method!r}")
     try:
@@ -85,4 +101,5 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
                      source_cond=[[tensors["source_emb"], extras]], uncond=[u[None] for u in uncond],
                      guidance_scale=scale, method=method, latent=tensors["latent"], losses=losses,
                      scheduler=meta.get("scheduler", ""), family=meta.get("family", ""),
-                     prediction=meta.get("prediction", ""))
+                     prediction=meta.get("prediction", ""), solver=solver,
+                     path=path if method == DIRECT else None)

@@ -4,10 +4,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import torch
+
 from comfy_api.latest import io, ui
 
 from ..attention import align
-from ..attention.recipe import MMDIT_BLOCKS, EditSpec, LocalBlendSpec, attention_grid, build_controller, split_words
+from ..attention.masks import (check_user_mask, difference_mask, feathered, image_mask, lock_background, to_image,
+                               to_latent)
+from ..attention.recipe import (MASK_SOURCES, MMDIT_BLOCKS, EditSpec, LocalBlendSpec, attention_grid, build_controller,
+                                split_words)
+from ..comfy_bridge import models as bridge_models
 from ..comfy_bridge import sampling as bridge_sampling
 from .common import (EDIT_FAMILIES, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
                      check_finite_latent, edit_length, encode, finite, latent_samples, supported, token_strings)
@@ -119,17 +125,22 @@ class AE_P2PLocalBlend(io.ComfyNode):
             node_id="AE_P2PLocalBlend",
             display_name="Prompt-to-Prompt Local Blend",
             category=f"{CATEGORY}/prompt_to_prompt",
-            description=("Keeps the photo unchanged outside a mask made from the attention maps of the given "
-                         "words (P2P local blend): map -> 3x3 max-pool -> normalise -> threshold."),
+            description=("Keeps the photo unchanged outside a mask. The mask comes from the attention maps of the "
+                         "given words (P2P local blend: map -> 3x3 max-pool -> normalise -> threshold), from the "
+                         "difference of the model's predictions under the source and the edited prompt (DiffEdit: "
+                         "needs no attention maps, so it also works on Flux), or from a MASK you connect. The Edit "
+                         "Sampler's 'mask' output shows the mask used."),
             inputs=[
                 P2PEdit.Input("edit", tooltip="The edit to add local blend to."),
                 io.String.Input("source_words", default="cat",
-                                tooltip="Words of the source prompt whose region may change, comma-separated."),
+                                tooltip="Words of the source prompt whose region may change, comma-separated "
+                                        "(mask_from 'attention' only)."),
                 io.String.Input("target_words", default="dog",
-                                tooltip="Words of the edited prompt whose region may change, comma-separated."),
+                                tooltip="Words of the edited prompt whose region may change, comma-separated "
+                                        "(mask_from 'attention' only)."),
                 io.Combo.Input("use", options=["both", "source", "target"], default="both",
                                tooltip="Which words make the mask: both (union, reference), source only "
-                                       "(Custom-Edit), or target only."),
+                                       "(Custom-Edit), or target only (mask_from 'attention' only)."),
                 io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="Mask threshold on the max-normalised attention map (reference 0.3)."),
                 io.Float.Input("start", default=0.2, min=0.0, max=1.0, step=0.01,
@@ -143,17 +154,44 @@ class AE_P2PLocalBlend(io.ComfyNode):
                                        "(after the source's are injected, as the reference code; in a word swap "
                                        "the new word's mask is then the source word's) or 'own' (its maps as "
                                        "computed, before injection). README: Figures, local blend's maps."),
+                io.Combo.Input("mask_from", options=list(MASK_SOURCES), default=MASK_SOURCES[0], optional=True,
+                               tooltip="attention: the words' attention maps (Prompt-to-Prompt). prediction: where "
+                                       "the model's predictions for the source and the edited prompt differ, on "
+                                       "the noised photo (DiffEdit); needs no words and no attention maps, so it "
+                                       "works on every model, Flux included (README: Figures, fidelity)."),
+                io.Float.Input("prediction_threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="mask_from 'prediction': threshold on the difference map rescaled to 0..1 "
+                                       "after clamping at 3x its mean (DiffEdit: 0.5). Lower = a larger mask."),
+                io.Int.Input("noise_draws", default=10, min=1, max=64, optional=True,
+                             tooltip="mask_from 'prediction': noise draws averaged (DiffEdit: 10); one model call "
+                                     "per draw."),
+                io.Float.Input("noise_strength", default=0.5, min=0.05, max=0.95, step=0.05, optional=True,
+                               tooltip="mask_from 'prediction': how much noise is added to the photo before the two "
+                                       "predictions, as a fraction of the schedule (DiffEdit: 0.5)."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: your own mask (white = may change), at the photo's size. It "
+                                      "replaces mask_from."),
             ],
             outputs=[P2PEdit.Output("edit_out", display_name="edit", tooltip="The edit with local blend.")],
         )
 
     @classmethod
-    def execute(cls, edit, source_words, target_words, use, threshold, start,
-                mask_resolution=None, maps=None) -> io.NodeOutput:
-        finite("Prompt-to-Prompt Local Blend", threshold=threshold, start=start)
-        lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
-                            use=use, threshold=threshold, start=start,
-                            downscale=_downscale(mask_resolution or RESOLUTIONS[0]), maps=maps or BLEND_MAPS[0])
+    def execute(cls, edit, source_words, target_words, use, threshold, start, mask_resolution=None, maps=None,
+                mask_from=None, prediction_threshold=0.5, noise_draws=10, noise_strength=0.5,
+                mask=None) -> io.NodeOutput:
+        node = "Prompt-to-Prompt Local Blend"
+        finite(node, threshold=threshold, start=start, prediction_threshold=prediction_threshold,
+               noise_strength=noise_strength)
+        if mask is not None:
+            mask = image_mask(mask)  # checked against the image's size by the Edit Sampler
+        try:
+            lb = LocalBlendSpec(source_words=split_words(source_words), target_words=split_words(target_words),
+                                use=use, threshold=threshold, start=start,
+                                downscale=_downscale(mask_resolution or RESOLUTIONS[0]), maps=maps or BLEND_MAPS[0],
+                                mask_from=mask_from or MASK_SOURCES[0], prediction_threshold=prediction_threshold,
+                                noise_draws=noise_draws, noise_strength=noise_strength, mask=mask)
+        except ValueError as exc:
+            raise ValueError(f"{node}: {exc}") from None
         return io.NodeOutput(edit.with_local_blend(lb))
 
 
@@ -183,6 +221,9 @@ class AE_P2PEditSampler(io.ComfyNode):
                 io.Latent.Output("reconstruction", tooltip="The reconstruction of the photo."),
                 io.Latent.Output("edited", tooltip="The edited image(s)."),
                 AttentionMaps.Output("attention", tooltip="Averaged cross-attention maps, for the preview node."),
+                io.Mask.Output("mask", tooltip="Per edited image, the region the edit may change (local blend's "
+                                               "final mask, at the image's size; all white without local blend): "
+                                               "for Lock Background, or to look at (Convert Mask to Image)."),
             ],
         )
 
@@ -192,15 +233,17 @@ class AE_P2PEditSampler(io.ComfyNode):
         bridge_sampling.check_inversion_model(inversion, model, "Prompt-to-Prompt Edit Sampler")
         inversion.check_compatible(steps=steps or None,
                                    latent_shape=latent_samples(latent).shape if latent is not None else None)
-        out, maps = run_edit(model, clip, inversion, edit, progress=Progress(inversion.steps))
+        out, maps, mask = run_edit(model, clip, inversion, edit, progress=Progress(inversion.steps))
         return io.NodeOutput({"samples": out}, {"samples": out[:1].clone()},
-                             {"samples": out[1:].clone() if out.shape[0] > 1 else out[:1].clone()}, maps)
+                             {"samples": out[1:].clone() if out.shape[0] > 1 else out[:1].clone()}, maps, mask)
 
 
 def run_edit(model, clip, inversion, edit=None, progress=None):
     """Glue of the Edit Sampler: builds the controller of ``edit`` (an EditSpec, or None for the reconstruction
-    only), encodes the edited prompts and replays the inversion in ComfyUI's sampler with the controller on a
-    clone of ``model``. Returns (latents [1 + edits, C, H, W]: the reconstruction first, AttentionMapsValue)."""
+    only), encodes the edited prompts, sets local blend's mask when it needs no attention maps (a MASK the user
+    connected, or the prediction-difference mask computed here before the replay), and replays the inversion in
+    ComfyUI's sampler with the controller on a clone of ``model``. Returns (latents [1 + edits, C, H, W]: the
+    reconstruction first, AttentionMapsValue, the mask of each edit [edits, H_img, W_img]: 1 where it may change)."""
     N = inversion.steps
     controller = None
     conds = []
@@ -211,6 +254,8 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
         conds = [encode(clip, p, "edited prompt", seq_len=L) for p in edit.target_prompts]
         prompts += list(edit.target_prompts)
         inversion = _source_at_length(clip, inversion, L)
+        if controller.local_blend is not None:
+            controller.local_blend.fixed = blend_mask(model, inversion, edit.local_blend, conds)
     out = bridge_sampling.edit(model, inversion, conds, controller, progress=progress)
     check_finite_latent("Prompt-to-Prompt Edit Sampler", "check the inversion (Load Inversion / Invert Image) and "
                         "the edit's equalizer factors", out)
@@ -225,25 +270,69 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
                               tokens=[token_strings(clip, p) for p in prompts],
                               keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
                               spatial=spatial)
-    return out, maps
+    return out, maps, edit_region(model, controller, out)
+
+
+def blend_mask(model, inversion, lb, conds):
+    """Local blend's masks that need no attention maps, [edits or 1, 1, h, w] at the latent's resolution, or None
+    (mask_from 'attention'): the MASK the user connected (checked against the image's size), or the
+    prediction-difference mask (DiffEdit) of each edited prompt."""
+    hw = tuple(inversion.x_T.shape[-2:])
+    image_hw = tuple(v * bridge_models.pixels_per_latent(model) for v in hw)
+    if lb.mask is not None:
+        m = check_user_mask(lb.mask, "mask connected to Prompt-to-Prompt Local Blend", image_hw, hw)
+        if m.shape[0] not in (1, len(conds)):
+            raise ValueError(f"the mask connected to Prompt-to-Prompt Local Blend holds {m.shape[0]} masks for "
+                             f"{len(conds)} edited prompt(s); give one mask, or one per edited prompt")
+        return to_latent(m, hw)
+    if lb.mask_from != "prediction":
+        return None
+    diff = bridge_sampling.prediction_mask(model, inversion, conds, draws=lb.noise_draws, strength=lb.noise_strength)
+    return difference_mask(diff, lb.prediction_threshold)
+
+
+def edit_region(model, controller, out) -> torch.Tensor:
+    """The Edit Sampler's 'mask' output: per edited row, where local blend lets the edit change the photo (its last
+    mask), at the image's size [edits, H, W]; all ones without local blend (or without an edit: one row)."""
+    hw = tuple(out.shape[-2:])
+    image_hw = tuple(v * bridge_models.pixels_per_latent(model) for v in hw)
+    m = final_blend_masks(controller, hw)
+    if m is None:
+        return torch.ones((max(out.shape[0] - 1, 1),) + image_hw)
+    return to_image(m.cpu(), image_hw)
+
+
+def final_blend_masks(controller, latent_hw):
+    """Local blend's last masks [edits, 1, h, w] (the step-by-step attention mask is rebuilt from the maps recorded
+    so far, so the last is the one after the whole run), or None without local blend or maps."""
+    lb = getattr(controller, "local_blend", None) if controller is not None else None
+    if lb is None or (lb.fixed is None and not controller.store.sums):
+        return None
+    store = controller.injected_store if (lb.maps == "injected" and controller.injected_store is not None) \
+        else controller.store
+    return lb.masks(store, latent_hw, len(controller.edits))
 
 
 def blend_advice(controller, latent_hw) -> None:
-    """Logs when local blend's final mask (the step-by-step mask is rebuilt from the maps recorded so far; the last
-    one is checked) covers almost all of the image or almost none of it: the blend then changes nothing, or
-    keeps the source everywhere, and the log says which setting to move. A model whose maps do not locate words
-    (measured on the ToyWorld MM-DiT: flat image->text maps) gives the first."""
-    lb = getattr(controller, "local_blend", None) if controller is not None else None
-    if lb is None or not controller.store.sums:
+    """Logs when local blend's final mask covers almost all of the image or almost none of it: the blend then
+    changes nothing, or keeps the source everywhere, and the log says which setting to move. A model whose maps do
+    not locate words (measured on the ToyWorld MM-DiT: flat image->text maps) gives the first with attention masks;
+    an edit whose prompts differ in no word (a reweight) gives the second with the prediction mask."""
+    m = final_blend_masks(controller, latent_hw)
+    if m is None:
         return
-    cover = float(lb.masks(controller.store, latent_hw).mean())
+    lb = controller.local_blend
+    cover = float(m.float().mean())
+    knob = "'prediction_threshold'" if lb.fixed is not None else "'threshold'"
     if cover > 0.95:
         logging.warning(f"[Attention Edit] Local Blend: the mask covers {cover:.0%} of the image, so the blend keeps "
-                        "almost nothing of the source; raise 'threshold' (or check the words: the model's attention "
-                        "maps of them may not locate anything; see them with Attention Map Preview)")
+                        f"almost nothing of the source; raise {knob} (or check the words: the model's attention "
+                        "maps of them may not locate anything; see them with Attention Map Preview, or use "
+                        "mask_from 'prediction')")
     elif cover < 0.005:
         logging.warning(f"[Attention Edit] Local Blend: the mask covers {cover:.1%} of the image, so the edit is "
-                        "undone almost everywhere; lower 'threshold' or check that the blend words are the edited ones")
+                        f"undone almost everywhere; lower {knob}, or check that the blend words are the edited ones "
+                        "(the prediction mask is empty when the prompts differ in no word)")
 
 
 def _source_at_length(clip, inversion, seq_len: int):
@@ -261,6 +350,47 @@ def _source_at_length(clip, inversion, seq_len: int):
                     f"prompt of the same length class to avoid it)")
     new = encode(clip, inversion.source_prompt, "source prompt", seq_len=seq_len)[0][0]
     return dataclasses.replace(inversion, source_cond=[[new.to(emb), extras]])
+
+
+class AE_LockBackground(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AE_LockBackground",
+            display_name="Lock Background (photo outside the mask)",
+            category=f"{CATEGORY}/prompt_to_prompt",
+            description=("Puts the input photo's own pixels back everywhere outside the edit's mask (grown and "
+                         "feathered), after VAE Decode: outside it every pixel is bit-identical to the photo, so "
+                         "nothing but the edited region can change."),
+            inputs=[
+                io.Image.Input("edited", tooltip="The edited image(s), from VAE Decode of the Edit Sampler's 'edited' "
+                                                 "output."),
+                io.Image.Input("photo", tooltip="The input photo, as it was scaled for the inversion (the image VAE "
+                                                "Encode took)."),
+                io.Mask.Input("mask", tooltip="Where the edit may change the photo: the Edit Sampler's 'mask' output, "
+                                              "or any mask of the photo's size (white = edit)."),
+                io.Int.Input("grow", default=0, min=0, max=512,
+                             tooltip="Grow the mask by this many pixels first (the full edit is kept there)."),
+                io.Int.Input("feather", default=8, min=0, max=512,
+                             tooltip="Then blend from the edit to the photo over this many pixels outside the "
+                                     "grown mask; beyond, the photo's own pixels. One latent pixel is 8 image "
+                                     "pixels on Stable Diffusion and Flux."),
+            ],
+            outputs=[io.Image.Output("image", tooltip="The edit inside the mask, the photo outside.")],
+        )
+
+    @classmethod
+    def execute(cls, edited, photo, mask, grow, feather) -> io.NodeOutput:
+        node = "Lock Background"
+        if edited.ndim != 4:
+            raise ValueError(f"{node}: 'edited' is not an image batch (shape {list(edited.shape)})")
+        H, W = int(edited.shape[1]), int(edited.shape[2])
+        try:
+            m = check_user_mask(mask, "mask of Lock Background", (H, W))
+            weight = feathered(m, grow, feather)
+            return io.NodeOutput(lock_background(edited, photo, weight))
+        except ValueError as exc:
+            raise ValueError(f"{node}: {exc}") from None
 
 
 class AE_AttentionMapPreview(io.ComfyNode):
@@ -299,4 +429,4 @@ class AE_AttentionMapPreview(io.ComfyNode):
         return io.NodeOutput(img, ui=ui.PreviewImage(img, cls=cls))
 
 
-NODES = [AE_P2PEdit, AE_P2PReweight, AE_P2PLocalBlend, AE_P2PEditSampler, AE_AttentionMapPreview]
+NODES = [AE_P2PEdit, AE_P2PReweight, AE_P2PLocalBlend, AE_P2PEditSampler, AE_LockBackground, AE_AttentionMapPreview]

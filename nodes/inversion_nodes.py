@@ -36,12 +36,15 @@ class AE_InvertImage(io.ComfyNode):
                                 tooltip="A prompt that describes the photo. The edited prompts are compared with "
                                         "it word by word."),
                 io.Combo.Input("method", options=list(METHODS), default="null_text",
-                               tooltip="null_text: most faithful (optimises a null-text embedding per step; "
-                                       "slowest). negative_prompt: DDIM inversion + the source prompt as negative "
-                                       "prompt (fast, a little less faithful). ddim: plain DDIM inversion (fast; "
-                                       "reconstructs poorly at CFG > 1). Flux (rectified flow): rf_solver "
-                                       "(RF-Solver's second-order step, 2 model calls per step), fireflow (the "
-                                       "same accuracy at about 1 call per step) or rf_euler (plain Euler)."),
+                               tooltip="direct: Direct Inversion (PnP Inversion): DDIM inversion whose path is "
+                                       "kept, and the edit's source branch is put back on it every step, so the "
+                                       "photo comes back exactly with no optimisation (fast; every model, Flux "
+                                       "included). null_text: optimises a null-text embedding per step (slowest). "
+                                       "negative_prompt: DDIM inversion + the source prompt as negative prompt "
+                                       "(fast, less faithful). ddim: plain DDIM inversion (fast; reconstructs "
+                                       "poorly at CFG > 1). Flux (rectified flow): direct, rf_solver (RF-Solver's "
+                                       "second-order step, 2 model calls per step), fireflow (the same accuracy "
+                                       "at about 1 call per step) or rf_euler (plain Euler)."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Sampling steps of the inversion; the edit replays exactly these (reference: "
                                      "50)."),

@@ -433,15 +433,15 @@ def test_long_prompts_invert_and_edit_on_the_nodes(flux, caplog):
     m, clip = flux["m"], flux["clip"]
     inv = invert_image(m, clip, flux["latent"], LONG, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
     assert inv.source_cond[0][0].shape[1] == 512
-    same, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG,)))
+    same, _, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG,)))
     scale = float(same.abs().max())
     assert float((same[1] - same[0]).abs().max()) < 1e-5 * scale
-    dog, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG.replace(" cat ", " dog ", 1),)))
+    dog, _, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(LONG.replace(" cat ", " dog ", 1),)))
     assert torch.equal(dog[0], same[0]) and float((dog[1] - same[1]).abs().max()) > 1e-4
     short = invert_image(m, clip, flux["latent"], SOURCE, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
     assert short.source_cond[0][0].shape[1] == 256
     with caplog.at_level(logging.WARNING):
-        out, maps = run_edit(m, clip, short, EditSpec(target_prompts=(LONG,), mode="refine"))
+        out, maps, _ = run_edit(m, clip, short, EditSpec(target_prompts=(LONG,), mode="refine"))
     assert "re-encoded at 512" in caplog.text
     assert out.shape[0] == 2 and bool(torch.isfinite(out).all())
     assert short.source_cond[0][0].shape[1] == 256  # the inversion itself is unchanged
@@ -474,9 +474,9 @@ def test_a_text_encoder_with_its_own_t5_length_edits_at_that_length(flux):
     assert ctrl.edits[0].mapper.shape == (16, 16) and ctrl.edits[0].cross_alpha.shape == (5, 16)
     inv = invert_image(m, clip, flux["latent"], SOURCE, method="rf_solver", steps=4, cfg=1.0, scheduler="simple")
     assert inv.source_cond[0][0].shape[1] == 16
-    same, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(SOURCE,)))
+    same, _, _ = run_edit(m, clip, inv, EditSpec(target_prompts=(SOURCE,)))
     assert float((same[1] - same[0]).abs().max()) < 1e-5 * float(same.abs().max())
-    dog, _ = run_edit(m, clip, inv, EditSpec(target_prompts=("a photo of a dog",)))
+    dog, _, _ = run_edit(m, clip, inv, EditSpec(target_prompts=("a photo of a dog",)))
     assert torch.equal(dog[0], same[0]) and float((dog[1] - same[1]).abs().max()) > 1e-4
 
 
@@ -493,7 +493,7 @@ def test_local_blend_says_when_its_mask_covers_everything(flux, inv, caplog):
         spec = EditSpec(target_prompts=("a photo of a dog",),
                         local_blend=LocalBlendSpec(("cat",), ("dog",), start=0.0, threshold=threshold))
         with caplog.at_level(logging.WARNING):
-            _, maps = run_edit(flux["m"], flux["clip"], inv, spec)
+            _, maps, _ = run_edit(flux["m"], flux["clip"], inv, spec)
         return caplog.text, maps.store
 
     text, store = run(0.0)

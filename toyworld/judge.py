@@ -105,6 +105,37 @@ def judge_image(img, background: str | None = None, min_area: int = MIN_AREA) ->
 
 
 ATTRS = ("shape", "colour", "size", "position")
+#: the PSNR reported for a background that is bit-identical (its PSNR is infinite): averages use this cap
+PSNR_CAP = 100.0
+
+
+def outside_objects(masks, shape, margin: int = 2) -> np.ndarray:
+    """The background: pixels (bool [H, W]) farther than ``margin`` pixels (a square of side 2 margin + 1) from every
+    object mask in ``masks`` (bool [H, W] each: the source's objects and the edited image's), so a changed outline's
+    own edge is not counted as background."""
+    from scipy import ndimage
+
+    union = np.zeros(shape, dtype=bool)
+    for m in masks:
+        union |= np.asarray(m, dtype=bool)
+    if margin > 0:
+        union = ndimage.binary_dilation(union, structure=np.ones((2 * margin + 1,) * 2, bool))
+    return ~union
+
+
+def background_fidelity(img, source, outside: np.ndarray) -> tuple:
+    """(PSNR in dB, SSIM) of the uint8 HWC image ``img`` against ``source`` over the pixels ``outside`` (bool
+    [H, W]): scikit-image's peak_signal_noise_ratio on those pixels (PSNR_CAP when they are identical) and the mean of
+    its structural_similarity map over them; (nan, nan) when ``outside`` is empty."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a, b = to_uint8_hwc(img), to_uint8_hwc(source)
+    if not outside.any():
+        return float("nan"), float("nan")
+    x, y = a[outside].astype(np.float64), b[outside].astype(np.float64)
+    psnr = PSNR_CAP if np.array_equal(x, y) else min(PSNR_CAP, float(peak_signal_noise_ratio(y, x, data_range=255)))
+    _, smap = structural_similarity(a, b, channel_axis=2, data_range=255, full=True)
+    return psnr, float(smap.mean(-1)[outside].mean())
 
 
 def match(found: list, truth: list) -> list:
