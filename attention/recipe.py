@@ -46,7 +46,7 @@ class LocalBlendSpec:
     dilation: Optional[int] = None  # max-pool radius in map pixels; None = auto (LocalBlend.pool_radius)
     maps: str = "injected"  # LocalBlend.maps: 'injected' (the reference's) or 'own' (the edited row's, before injection)
     mask_from: str = "attention"
-    prediction_threshold: float = 0.5
+    prediction_threshold: float = 0.5  # attention.masks.PREDICTION_THRESHOLD (DiffEdit's)
     noise_draws: int = 10
     noise_strength: float = 0.5
     mask: Optional[torch.Tensor] = None

@@ -1,8 +1,10 @@
 """Fidelity benchmark (issue "edit only where the words changed"): on rendered ToyWorld scenes, every inversion method
 with every way of keeping the background, judged, with the background measured outside the edited object.
 
-One case is a seeded one-object scene and one edit: a colour word swap ("a red circle ..." -> "a blue circle ...")
-or a refine that adds the size ("a red circle ..." -> "a big red circle ..." on a scene of a small object).
+One case is a seeded one-object scene and one edit: a colour word swap ("a red circle ..." -> "a blue circle ...") with
+the scene's full caption (size and background named) or with a plain caption that names only the object (as users
+and the main job write it: "a red circle on the left"), or a refine that adds the size ("a red circle ..." -> "a big
+red circle ..." on a scene of a small object).
 Per case each inversion method inverts the scene once, and the edit runs through the Edit Sampler's glue
 (nodes/edit_nodes.run_edit, what a user's graph runs) with each mask:
 
@@ -47,14 +49,16 @@ class Lock:
 
 
 def scene_for(kind: str, seed: int):
-    """(scene, source caption, edited caption, what the judge must see) for a case of ``kind`` ('swap' or
-    'refine')."""
-    if kind == "swap":
+    """(scene, source caption, edited caption, what the judge must see) for a case of ``kind``: 'swap' (the scene's
+    full caption, background named), 'swap_plain' (the same swap, the caption naming only the object: "a red
+    circle on the left", as the main job's) or 'refine'."""
+    if kind in ("swap", "swap_plain"):
         sc = eb.one_object_scene(seed)
         o = sc.spec["objects"][0]
-        rng = random.Random(f"swap:colour:{seed}")
-        new = rng.choice([c for c in scenes.COLOURS if c != o["colour"]])
-        return sc, sc.caption, sc.caption.replace(f" {o['colour']} ", f" {new} ", 1), {"colour": new}
+        new = random.Random(f"swap:colour:{seed}").choice([c for c in scenes.COLOURS if c != o["colour"]])
+        # swap_plain: the main job's kind of caption, the object only (no size, no background)
+        src = sc.caption if kind == "swap" else scenes.object_phrase(o, with_size=False)
+        return sc, src, src.replace(f" {o['colour']} ", f" {new} ", 1), {"colour": new}
     if kind == "refine":
         sc = eb.one_object_scene(seed, size="small")
         o = sc.spec["objects"][0]
@@ -87,7 +91,7 @@ def blend_words(kind: str, source: str, target: str) -> tuple:
     shape = next(w for w in s if w in scenes.SHAPES)
     colour = next(w for w in s if w in scenes.COLOURS)
     new_colour = next(w for w in t if w in scenes.COLOURS)
-    tw = (new_colour, shape) + (("big",) if kind == "refine" else ())
+    tw = (new_colour, shape) + (("big",) if kind == "refine" else ())  # 'swap' and 'swap_plain': the colour
     return (colour, shape), tw
 
 
@@ -127,6 +131,7 @@ def fidelity_case(tm, seed: int, kind: str, st: eb.Settings, inversions=UNET_INV
         for mask in masks:
             t0 = time.perf_counter()
             lat, _, region = run_edit(tm.model, tm.clip, inv, edit_spec(kind, source, target, st, mask, blend))
+            region = region[1:]  # the edit's row (row 0 is the reconstruction's)
             with torch.no_grad():
                 pix = tm.vae.decode(lat[1:]).clamp(0, 1)
             t_edit = time.perf_counter() - t0
@@ -153,7 +158,7 @@ def mask_iou_case(tm, seed: int, st: eb.Settings, method: str = "direct", mask: 
     sc, source, target, _ = scene_for("swap", seed)
     inv, _ = invert_timed(tm, sc, source, st, method)
     _, _, region = run_edit(tm.model, tm.clip, inv, edit_spec("swap", source, target, st, mask))
-    return eb.iou(region[0].numpy() >= 0.5, sc.objects[0].mask)
+    return eb.iou(region[1].numpy() >= 0.5, sc.objects[0].mask)
 
 
 def settings_for(model: str, **over) -> eb.Settings:

@@ -2,8 +2,8 @@
 
 ::
 
-    python -m attention_edit.runner p2p_word_swap_null_text                 # tiny embedded model, the cat photo
-    python -m attention_edit.runner p2p_word_swap_null_text --ckpt ~/models/v1-5-pruned-emaonly.safetensors \\
+    python -m attention_edit.runner p2p_word_swap                 # tiny embedded model, a rendered ToyWorld scene
+    python -m attention_edit.runner p2p_word_swap --ckpt ~/models/v1-5-pruned-emaonly.safetensors \\
         --image my_cat.jpg --source-prompt "a photo of a cat" --edited-prompt "a photo of a dog" --out out/
     python -m attention_edit.runner --list
 
@@ -168,6 +168,7 @@ TOY_MASK_RESOLUTION = "full"
 #: inputs set per node class. "scene" is also what --scene renders when given without a caption.
 DEFAULT_SCENE = "a red circle on the left"
 TOY_SCENES: dict[str, dict] = {
+    "p2p_word_swap": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
     "p2p_word_swap_null_text": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
     "p2p_refine_local_blend": {"scene": "a small red circle on the left", "source": "a red circle on the left",
                                "edited": "a big red circle on the left",

@@ -37,9 +37,14 @@ VIRTUAL_NODES = ("Note", "MarkdownNote")
 
 #: what each shipped workflow does (the first line of its note in the UI file)
 WORKFLOW_NOTES = {
-    "p2p_word_swap_null_text": "Null-text inversion of a photo, then a Prompt-to-Prompt word swap (cat -> dog).",
-    "p2p_refine_local_blend": "Prompt-to-Prompt refine (added words) with local blend: only the edited region changes.",
-    "p2p_reweight": "The source prompt with one word's attention scaled (Prompt-to-Prompt equalizer).",
+    "p2p_word_swap": "Direct Inversion of a photo, then a Prompt-to-Prompt word swap (cat -> dog) with the "
+                     "prediction-difference mask, and the photo's own pixels kept outside it (Lock Background).",
+    "p2p_word_swap_null_text": "Null-text inversion of a photo, then a Prompt-to-Prompt word swap (cat -> dog) with the "
+                               "prediction-difference mask and the background locked.",
+    "p2p_refine_local_blend": "Prompt-to-Prompt refine (added words) after Direct Inversion, with local blend on the "
+                              "word's attention map and the background locked: only the edited region changes.",
+    "p2p_reweight": "Direct Inversion, then the source prompt with one word's attention scaled (Prompt-to-Prompt "
+                    "equalizer).",
     "adapedit_soft_edit": "AdapEdit soft edit: pass 1 records the maps, FWT turns them into a per-word schedule, pass 2 "
                           "edits with that schedule and DPS.",
     "custom_edit_custom_diffusion": "Custom-Edit: learn a concept with Custom Diffusion from the reference pictures, "
@@ -47,12 +52,15 @@ WORKFLOW_NOTES = {
     "custom_edit_textual_inversion": "Custom-Edit with textual inversion: learn a word, invert with the original model, "
                                      "P2P refine with the learned word.",
     "imagic_edit": "Imagic: optimise the text embedding to the photo, fine-tune (LoRA), sample eta 0 and 0.7.",
-    "p2p_word_swap_sdxl": "SDXL: null-text inversion of a 1024x1024 photo (cfg 7.5, 50 steps), then a Prompt-to-Prompt "
-                          "word swap (cat -> dog).",
-    "p2p_word_swap_sd2": "SD2.x 768-v (v-prediction): null-text inversion of a 768x768 photo (cfg 7.5, 50 steps), then "
-                         "a Prompt-to-Prompt word swap (cat -> dog).",
-    "p2p_word_swap_flux": "Flux.1-dev: rectified-flow inversion of a 1024x1024 photo (RF-Solver, 28 steps, guidance "
-                          "3.5), then a Prompt-to-Prompt word swap (cat -> dog) on the joint attention of every block.",
+    "p2p_word_swap_sdxl": "SDXL: Direct Inversion of a 1024x1024 photo (cfg 7.5, 50 steps), then a Prompt-to-Prompt "
+                          "word swap (cat -> dog) with the prediction-difference mask and the background locked.",
+    "p2p_word_swap_sd2": "SD2.x 768-v (v-prediction): Direct Inversion of a 768x768 photo (cfg 7.5, 50 steps), then a "
+                         "Prompt-to-Prompt word swap (cat -> dog) with the prediction-difference mask and the "
+                         "background locked.",
+    "p2p_word_swap_flux": "Flux.1-dev: Direct Inversion of a 1024x1024 photo (FireFlow's path, 28 steps, guidance 3.5), "
+                          "then a Prompt-to-Prompt word swap (cat -> dog) on the joint attention of every block, with "
+                          "the prediction-difference mask (Flux's attention maps do not locate words) and the "
+                          "background locked.",
 }
 
 #: the part of every note that says how to run the workflow without a Stable Diffusion checkpoint

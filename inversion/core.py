@@ -191,9 +191,12 @@ def ddim_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, c
 
 
 #: the null-text loop's modes: "fast" (the pack's default: PyTorch's fused attention kernel on the inner passes,
-#: forward and backward) and "reference" (the host's attention kernel, ComfyUI's CPU default sub-quadratic one);
-#: both are the public notebook's loop step for step (same Adam steps, same early stops, embeddings equal to float
-#: rounding), and neither computes a weight gradient
+#: forward and backward) and "reference" (the host's attention kernel, ComfyUI's CPU default sub-quadratic one).
+#: Both run the public notebook's loop (Mokady et al. Algorithm 1) and neither computes a weight gradient. The two
+#: kernels round differently, and up to 10 Adam steps per level carry that on: the embeddings can end visibly apart
+#: (bench/bench_inversion.py, 50 steps, against the reference loop at its best: up to 0.057 on scikit-image's cat, at
+#: the same Adam steps and reconstruction error) and an early-stop test that falls within rounding of its bound can
+#: end a step one Adam step sooner or later
 NULL_TEXT_MODES = {"fast": dict(kernel="sdpa"), "reference": dict(kernel="host")}
 
 
@@ -214,23 +217,28 @@ def null_text_loop(den: Denoiser, trajectory: list, sigmas: torch.Tensor, cond_e
     optimiser step, as in the reference); then one CFG pass with the optimised embedding advances the latent. The
     conditional branch is evaluated once per step.
 
-    Several images are one batch, and each row is exactly the one-image loop: its own embedding tensor and its own
-    Adam (Adam is elementwise; the UNet never mixes batch rows, so the gradient of the summed per-row losses with
-    respect to a row's embedding is that row's gradient), its own early stop (a row that stopped leaves the batch
-    for the rest of the step). Same Adam steps, same embeddings to float rounding as inverting the images one by
-    one.
+    Several images are one batch, and each row runs the one-image loop: its own embedding tensor and its own Adam
+    (Adam is elementwise; the UNet never mixes batch rows, so the gradient of the summed per-row losses with respect
+    to a row's embedding is that row's gradient), its own early stop (a row that stopped leaves the batch for the
+    rest of the step). In exact arithmetic that is inverting the images one by one; in floating point a batch's
+    kernels round differently, so a row's embeddings can drift from its one-image run (bench/bench_inversion.py, 4
+    inputs at 50 steps: the same Adam steps, embeddings up to 0.057 apart, the same reconstruction error), and an
+    early-stop test within rounding of its bound can go the other way, after which that row's later steps start
+    from another embedding.
 
-    What makes it faster than the textbook loop at the same embeddings (bench/bench_inversion.py measures each
-    lever against it; figures in the README):
+    Its cost is the reference loop's at its best (bench/bench_inversion.py measures it against that loop written out
+    with frozen weights and fused attention: 1.04x on ToyWorld, 50 steps, 1 CPU thread; README: Figures, null-text
+    speed). What makes it cheaper than the notebook as published:
       * gradients only for the null embedding: the model's weights never require grad (the public notebook leaves
         the UNet's weights requiring grad, so every backward also computes and accumulates their gradients);
-        always on. ToyWorld, 50 steps, 1 CPU thread: 1.26-1.34x;
+        always on;
       * ``kernel``: the attention kernel of these passes; "sdpa" (PyTorch's fused scaled_dot_product_attention,
-        forward and backward) instead of ComfyUI's CPU default sub-quadratic attention: the same numbers to float
-        rounding; another 1.11x on ToyWorld's 8x8 latents, more at 512x512 where attention dominates;
+        forward and backward) instead of ComfyUI's CPU default sub-quadratic attention;
       * several images as one batch (``invert_batch``; node Invert Images (Batch)): a pass over B rows costs far
-        less than B passes where the model is small for the device (ToyWorld on one CPU thread: forward + backward
-        1.45x the time of one row for 2 rows, 1.97x for 4), and no more per row where it is large.
+        less than B passes where the model is small for the device (the four inputs of bench_inversion.py: 2.15x
+        the reference loop run on each in turn), and no more per row where it is large.
+    Far faster still is not to optimise: Direct Inversion (method 'direct') keeps the DDIM path instead (13x in the
+    same benchmark, and the edit's source row is then exact).
     SDXL: the embedding is the whole negative conditioning, both encoders' token sequence and (the denoiser's
     ``pooled_rows`` last row) the pooled vector; ``optimise_pooled`` False keeps that row at its initial value (its
     gradient is masked to zero, so Adam leaves it exactly unchanged). bench/bench_inversion.py --family sdxl
@@ -335,9 +343,9 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
                  source_prompts: Optional[list] = None, scheduler: str = "",
                  progress: Optional[Callable[[int, int], None]] = None, null_text_mode: str = "fast",
                  optimise_pooled: bool = True) -> list:
-    """Inverts B images as one batch; returns B ``Inversion`` values, each what :func:`invert` gives for that image
-    alone (same steps and Adam iterations; equal to float rounding): the batch is only faster (see
-    :func:`null_text_loop`).
+    """Inverts B images as one batch; returns B ``Inversion`` values, each made by the loop :func:`invert` runs for
+    that image alone, only faster: the same steps and, up to floating-point rounding and where it moves an early stop,
+    the same Adam iterations and embeddings (:func:`null_text_loop` has the measured differences).
 
     latent: [B, C, H, W] (LATENT scale); source_conds: B CONDITIONINGs (one per image; their embeddings must have
     the same token count T); source_prompts: B prompts (recorded in the inversions); the rest as :func:`invert`.

@@ -161,7 +161,8 @@ class AE_P2PLocalBlend(io.ComfyNode):
                                        "works on every model, Flux included (README: Figures, fidelity)."),
                 io.Float.Input("prediction_threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="mask_from 'prediction': threshold on the difference map rescaled to 0..1 "
-                                       "after clamping at 3x its mean (DiffEdit: 0.5). Lower = a larger mask."),
+                                       "after clamping at 3x its mean (DiffEdit: 0.5). Lower = a larger mask: edits "
+                                       "that enlarge an object want 0.2-0.3 (README: Figures, fidelity)."),
                 io.Int.Input("noise_draws", default=10, min=1, max=64, optional=True,
                              tooltip="mask_from 'prediction': noise draws averaged (DiffEdit: 10); one model call "
                                      "per draw."),
@@ -221,9 +222,11 @@ class AE_P2PEditSampler(io.ComfyNode):
                 io.Latent.Output("reconstruction", tooltip="The reconstruction of the photo."),
                 io.Latent.Output("edited", tooltip="The edited image(s)."),
                 AttentionMaps.Output("attention", tooltip="Averaged cross-attention maps, for the preview node."),
-                io.Mask.Output("mask", tooltip="Per edited image, the region the edit may change (local blend's "
-                                               "final mask, at the image's size; all white without local blend): "
-                                               "for Lock Background, or to look at (Convert Mask to Image)."),
+                io.Mask.Output("mask", tooltip="Where each image of 'latents' may differ from the photo, at the "
+                                               "image's size: the reconstruction's row all white, then each edit's "
+                                               "region (local blend's final mask; all white without local blend). "
+                                               "For Lock Background (with 'latents' or 'edited' decoded), or to look "
+                                               "at (Convert Mask to Image)."),
             ],
         )
 
@@ -243,7 +246,8 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     only), encodes the edited prompts, sets local blend's mask when it needs no attention maps (a MASK the user
     connected, or the prediction-difference mask computed here before the replay), and replays the inversion in
     ComfyUI's sampler with the controller on a clone of ``model``. Returns (latents [1 + edits, C, H, W]: the
-    reconstruction first, AttentionMapsValue, the mask of each edit [edits, H_img, W_img]: 1 where it may change)."""
+    reconstruction first, AttentionMapsValue, the mask of each row [1 + edits, H_img, W_img]: 1 where it may differ
+    from the photo, :func:`edit_region`)."""
     N = inversion.steps
     controller = None
     conds = []
@@ -292,14 +296,17 @@ def blend_mask(model, inversion, lb, conds):
 
 
 def edit_region(model, controller, out) -> torch.Tensor:
-    """The Edit Sampler's 'mask' output: per edited row, where local blend lets the edit change the photo (its last
-    mask), at the image's size [edits, H, W]; all ones without local blend (or without an edit: one row)."""
+    """The Edit Sampler's 'mask' output, one row per row of ``out`` (the 'latents' output) at the image's size
+    [1 + edits, H, W]: the reconstruction's row all ones (it is the model's redraw; Lock Background leaves it as it
+    is), then per edited row where local blend lets the edit change the photo (its last mask); all ones without local
+    blend."""
     hw = tuple(out.shape[-2:])
     image_hw = tuple(v * bridge_models.pixels_per_latent(model) for v in hw)
+    region = torch.ones((out.shape[0],) + image_hw)
     m = final_blend_masks(controller, hw)
-    if m is None:
-        return torch.ones((max(out.shape[0] - 1, 1),) + image_hw)
-    return to_image(m.cpu(), image_hw)
+    if m is not None:
+        region[1:] = to_image(m.cpu(), image_hw)
+    return region
 
 
 def final_blend_masks(controller, latent_hw):
@@ -367,8 +374,10 @@ class AE_LockBackground(io.ComfyNode):
                                                  "output."),
                 io.Image.Input("photo", tooltip="The input photo, as it was scaled for the inversion (the image VAE "
                                                 "Encode took)."),
-                io.Mask.Input("mask", tooltip="Where the edit may change the photo: the Edit Sampler's 'mask' output, "
-                                              "or any mask of the photo's size (white = edit)."),
+                io.Mask.Input("mask", tooltip="Where the edit may change the photo (white): the Edit Sampler's 'mask' "
+                                              "output, or any mask of the photo's size. One mask for all images, "
+                                              "one per image, or the Edit Sampler's (one row more than 'edited': "
+                                              "its first, the reconstruction's, is then left out)."),
                 io.Int.Input("grow", default=0, min=0, max=512,
                              tooltip="Grow the mask by this many pixels first (the full edit is kept there)."),
                 io.Int.Input("feather", default=8, min=0, max=512,
@@ -386,11 +395,21 @@ class AE_LockBackground(io.ComfyNode):
             raise ValueError(f"{node}: 'edited' is not an image batch (shape {list(edited.shape)})")
         H, W = int(edited.shape[1]), int(edited.shape[2])
         try:
-            m = check_user_mask(mask, "mask of Lock Background", (H, W))
+            m = image_mask(mask)
+            if m.shape[0] == edited.shape[0] + 1:  # the Edit Sampler's mask with its 'edited' output: skip row 0
+                m = m[1:]
+            m = check_user_mask(m, "mask of Lock Background", (H, W), allow_full=True)
             weight = feathered(m, grow, feather)
-            return io.NodeOutput(lock_background(edited, photo, weight))
+            out = lock_background(edited, photo, weight)
         except ValueError as exc:
             raise ValueError(f"{node}: {exc}") from None
+        if bool((m >= 0.5).all()):
+            note = (f"{node}: the mask covers the whole image, so nothing is locked (the edit is passed on as it "
+                    "is): give the Edit Sampler's edit a Local Blend (mask_from 'prediction' works on every model) "
+                    "or connect a mask of the region to edit")
+            logging.warning(f"[Attention Edit] {note}")
+            return io.NodeOutput(out, ui={"text": [note]})
+        return io.NodeOutput(out)
 
 
 class AE_AttentionMapPreview(io.ComfyNode):

@@ -10,7 +10,7 @@ from ..comfy_bridge import sampling as bridge_sampling
 from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
-from ..inversion.core import METHODS, NULL_TEXT_MODES, inversion_advice
+from ..inversion.core import DIRECT, METHODS, NULL_TEXT_MODES, inversion_advice
 from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, edit_length,
                      empty_conditioning, encode, finite, latent_samples, supported)
 
@@ -20,13 +20,15 @@ class AE_InvertImage(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AE_InvertImage",
-            display_name="Invert Image (Null-text / DDIM)",
+            display_name="Invert Image (Direct / Null-text / DDIM)",
             category=f"{CATEGORY}/inversion",
             description=(
                 "Inverts a photo so it can be edited with Prompt-to-Prompt: DDIM inversion with the source prompt, "
-                "then (null_text) per-step optimisation of the unconditional embedding so that sampling at the "
-                "given CFG scale reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast "
-                "negative-prompt inversion (Miyake et al. 2023). One inversion serves many edits."),
+                "then (direct, the default) the path kept so the edit's source branch is put back on it every step "
+                "(Direct Inversion, Ju et al. 2023: the photo comes back exactly, no optimisation), or (null_text) "
+                "per-step optimisation of the unconditional embedding so that sampling at the given CFG scale "
+                "reconstructs the photo (Mokady et al. 2022), or (negative_prompt) the fast negative-prompt "
+                "inversion (Miyake et al. 2023). One inversion serves many edits."),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (an SD1.x, SD2.x or SDXL checkpoint, epsilon or "
                                                 "v-prediction, or a Flux.1 dev / schnell model)."),
@@ -35,7 +37,7 @@ class AE_InvertImage(io.ComfyNode):
                 io.String.Input("source_prompt", multiline=True, default="a photo of a cat",
                                 tooltip="A prompt that describes the photo. The edited prompts are compared with "
                                         "it word by word."),
-                io.Combo.Input("method", options=list(METHODS), default="null_text",
+                io.Combo.Input("method", options=list(METHODS), default=DIRECT,
                                tooltip="direct: Direct Inversion (PnP Inversion): DDIM inversion whose path is "
                                        "kept, and the edit's source branch is put back on it every step, so the "
                                        "photo comes back exactly with no optimisation (fast; every model, Flux "
@@ -67,8 +69,9 @@ class AE_InvertImage(io.ComfyNode):
                 io.Combo.Input("null_text_mode", options=list(NULL_TEXT_MODES), default="fast", optional=True,
                                tooltip="null_text only: the attention kernel of the optimisation. fast: PyTorch's "
                                        "fused attention (forward and backward); reference: the host's (on the "
-                                       "CPU ComfyUI's sub-quadratic one). Both run the public notebook's loop "
-                                       "step for step and give the same embeddings to float rounding."),
+                                       "CPU ComfyUI's sub-quadratic one). Both run the public notebook's loop; "
+                                       "the kernels round differently, so the embeddings can end a little apart "
+                                       "at the same reconstruction error (README: Figures, null-text speed)."),
             ],
             outputs=[
                 Inversion.Output("inversion", tooltip="The inversion (x_T, schedule, null-text embeddings, source "
@@ -101,7 +104,7 @@ def advice_ui(node: str, steps: int, cfg: float, method: str):
     return {"text": [f"{node}: {n}" for n in notes]} if notes else None
 
 
-def invert_image(model, clip, latent, source_prompt: str, method: str = "null_text", steps: int = 50,
+def invert_image(model, clip, latent, source_prompt: str, method: str = DIRECT, steps: int = 50,
                  cfg: float = 7.5, scheduler: str = P2P_DDIM, num_inner_steps: int = 10,
                  early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None,
                  null_text_mode: str = "fast"):
@@ -144,10 +147,10 @@ class AE_InvertImageBatch(io.ComfyNode):
             display_name="Invert Images (Batch)",
             category=f"{CATEGORY}/inversion",
             description=(
-                "Invert Image for several photos at once: the same inversion of each photo (same steps, same "
-                "null-text optimisation, same result as inverting it alone), computed as one batch, which is "
-                "faster per photo when the model is small for the device. Its outputs are lists: every node "
-                "after it (Prompt-to-Prompt Edit Sampler, Save Inversion...) runs once per photo."),
+                "Invert Image for several photos at once: each photo gets the inversion loop it gets alone (same "
+                "steps; its own null-text embedding, Adam and early stop; floating-point rounding aside), computed "
+                "as one batch, which is faster per photo when the model is small for the device. Its outputs are "
+                "lists: every node after it (Prompt-to-Prompt Edit Sampler, Save Inversion...) runs once per photo."),
             inputs=inputs,
             outputs=[
                 Inversion.Output("inversion", tooltip="One inversion per photo (a list).", is_output_list=True),
@@ -185,7 +188,7 @@ def batch_prompts(text: str, n: int) -> list:
     return lines
 
 
-def invert_images(model, clip, latent, prompts: list, method: str = "null_text", steps: int = 50,
+def invert_images(model, clip, latent, prompts: list, method: str = DIRECT, steps: int = 50,
                   cfg: float = 7.5, scheduler: str = P2P_DDIM, num_inner_steps: int = 10,
                   early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, progress=None,
                   null_text_mode: str = "fast") -> list:

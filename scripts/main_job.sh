@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command: runs the headless runner with the embedded default model (ToyWorld, a 64x64 model of coloured
-# shapes, not Stable Diffusion) on a rendered ToyWorld scene: "a red circle on the left" is inverted and edited to
-# "a blue circle on the left"; out/ gets the PNGs and p2p_word_swap_side_by_side.png (source | reconstruction |
-# edit), and the judge's reading of each is printed.
+# shapes, not Stable Diffusion) on a rendered ToyWorld scene: "a red circle on the left" is inverted (Direct
+# Inversion) and edited to "a blue circle on the left" with the prediction-difference mask and the background locked
+# (workflows/api/p2p_word_swap.json); out/ gets the PNGs and p2p_word_swap_side_by_side.png (source | reconstruction |
+# edit), and the judge's reading of each is printed with its background PSNR / SSIM against the source.
 #
 # It runs on the newest ComfyUI host this machine has, setting it up when needed (scripts/setup_env.sh; idempotent):
 #   1. AE_COMFYUI=/path/to/ComfyUI (a folder with main.py): your own ComfyUI, run with AE_PYTHON (that install's
@@ -12,18 +13,19 @@
 #      ../shared/comfyui/comfyui-0.33.0.tar.gz beside the repository, /work/shared/comfyui/): venv .venv-0.33.0
 #   3. else ComfyUI 0.3.75 from the package registry: venv .venv
 #
-#   bash scripts/main_job.sh                                  # p2p_word_swap_null_text on the ToyWorld scene
+#   bash scripts/main_job.sh                                  # p2p_word_swap on the ToyWorld scene
+#   bash scripts/main_job.sh p2p_word_swap_null_text          # the same edit after null-text inversion
 #   bash scripts/main_job.sh --scene "a big yellow square on the right" --edited-prompt "a big blue square on the right"
 #   bash scripts/main_job.sh --photo                          # scikit-image's cat photo instead of the scene
 #   bash scripts/main_job.sh p2p_reweight --steps 10          # another workflow / runner options
-#   bash scripts/main_job.sh p2p_word_swap_null_text --ckpt /models/v1-5-pruned-emaonly-fp16.safetensors
+#   bash scripts/main_job.sh p2p_word_swap --ckpt /models/v1-5-pruned-emaonly-fp16.safetensors
 #   AE_COMFYUI=~/ComfyUI AE_PYTHON=~/ComfyUI/venv/bin/python bash scripts/main_job.sh
 #
 # Environment: AE_COMFYUI, AE_PYTHON, AE_COMFYUI_TARBALL, AE_OUT (default out/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${AE_OUT:-$ROOT/out}"
-WORKFLOW="p2p_word_swap_null_text"
+WORKFLOW="p2p_word_swap"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then WORKFLOW="$1"; shift; fi
 
 comfy_version() {

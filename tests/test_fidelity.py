@@ -195,11 +195,14 @@ def _chain(image, weights="toyworld (shipped)", method="direct", source="a red c
     return g
 
 
-def _saved(comfy, res, nid):
+def _saved(comfy, res, nid, k=0):
+    from pathlib import Path
+
+    import folder_paths
     from PIL import Image
 
-    img = res["outputs"][nid]["images"][0]
-    path = comfy.base_dir() / "output" / img.get("subfolder", "") / img["filename"]
+    img = res["outputs"][nid]["images"][k]
+    path = Path(folder_paths.get_output_directory()) / img.get("subfolder", "") / img["filename"]
     return np.asarray(Image.open(path).convert("RGB"))
 
 
@@ -216,7 +219,8 @@ def test_locked_background_is_bit_identical_outside_the_mask(comfy, weights):
     sc, name = _scene_png(comfy)
     mmdit = "MM-DiT" in weights
     res = comfy.run_workflow(_chain(name, weights, cfg=1.0 if mmdit else 7.5))
-    locked, mask = _saved(comfy, res, "10"), _saved(comfy, res, "12")[..., 0] >= 128
+    locked, mask = _saved(comfy, res, "10"), _saved(comfy, res, "12", 1)[..., 0] >= 128  # row 0: the reconstruction
+    assert _saved(comfy, res, "12", 0).min() == 255, "the reconstruction's row of the mask must be all white"
     assert 0 < mask.mean() < 0.5, f"the mask covers {mask.mean():.0%}"
     far = ndimage.distance_transform_edt(~mask) >= 8  # grow 0 + feather 8
     assert np.array_equal(locked[far], sc.image[far]), "a pixel outside the locked mask differs from the photo"
@@ -240,6 +244,12 @@ def test_lock_background_node_alone(comfy):
     far[5:25, 5:25] = False  # beyond grow 2 + feather 3 (+ the box's corners)
     assert torch.equal(out[:, far], photo.expand(2, -1, -1, -1)[:, far])
     assert torch.equal(out[:, inside], edited[:, inside])
+    # the Edit Sampler's mask (row 0, the reconstruction's, all ones): with its 'latents' decoded the reconstruction
+    # passes unchanged; with its 'edited' decoded (one image fewer) row 0 is left out
+    sampler_mask = torch.cat([torch.ones((1, 32, 32)), mask, mask])
+    both = AE_LockBackground.execute(edited[:1].repeat(3, 1, 1, 1), photo, sampler_mask, 2, 3).result[0]
+    assert torch.equal(both[0], edited[0]) and torch.equal(both[1:, far], photo.expand(2, -1, -1, -1)[:, far])
+    assert torch.equal(AE_LockBackground.execute(edited, photo, sampler_mask, 2, 3).result[0], out)
     with pytest.raises(ValueError, match="Lock Background: the photo is 16x16 but the edited images are 32x32"):
         AE_LockBackground.execute(edited, photo[:, :16, :16], mask, 0, 0)
     with pytest.raises(ValueError, match="is 16x16 pixels but the image is 32x32"):
@@ -276,7 +286,6 @@ def _solid(value, size=64):
     ("blend_full", ["mask connected to Prompt-to-Prompt Local Blend", "covers the whole image"]),
     ("blend_size", ["is 48x48 pixels but the image is 64x64", "64x64 or 8x8"]),
     ("lock_empty", ["Lock Background", "empty"]),
-    ("lock_full", ["Lock Background", "covers the whole image"]),
     ("lock_size", ["Lock Background", "is 48x48 pixels but the image is 64x64"]),
 ])
 def test_bad_masks_and_thresholds_name_the_input_and_keep_the_cache(comfy_server, served_scene, case, expect):
@@ -301,6 +310,17 @@ def test_bad_masks_and_thresholds_name_the_input_and_keep_the_cache(comfy_server
     again = comfy_server.run(good, timeout=180)
     msgs = {m[0]: m[1] for m in again["status"]["messages"]}
     assert "4" in msgs["execution_cached"]["nodes"], "the inversion was computed again after the bad input"
+
+
+def test_lock_background_with_a_mask_over_everything_passes_the_edit_on_and_says_so(comfy_server, served_scene):
+    """A mask over the whole image (an edit without local blend, or maps that locate nothing) leaves nothing to lock:
+    the run goes on with the edit as it is, and the node's text says why and what to connect."""
+    g = _chain(served_scene, steps=4)
+    g["20"] = _solid(1.0)
+    g["9"]["inputs"]["mask"] = ["20", 0]
+    entry = comfy_server.run(g, timeout=180)
+    text = " ".join(entry["outputs"]["9"]["text"])
+    assert "covers the whole image, so nothing is locked" in text and "Local Blend" in text, text
 
 
 def test_out_of_range_thresholds_are_refused_in_the_algorithm_layer():

@@ -335,9 +335,12 @@ def _cli_env():
 
 
 def test_runner_cli_end_to_end(tmp_path):
+    """The main job's command (scripts/main_job.sh runs the same on the newest host): the default workflow at the tiny
+    model's default steps edits the ToyWorld scene, the judge reads the edit, and each output's background PSNR
+    against the source is printed beside it; the edit keeps the background (>= 30 dB: Direct Inversion, the
+    prediction-difference mask and the locked background of workflows/api/p2p_word_swap.json)."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "attention_edit.runner", "p2p_word_swap_null_text", "--steps", "4",
-           "--num-inner-steps", "2", "--out", str(out)]
+    cmd = [sys.executable, "-m", "attention_edit.runner", "p2p_word_swap", "--out", str(out)]
     r = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     assert "tiny test model, not Stable Diffusion" in r.stdout
@@ -346,7 +349,7 @@ def test_runner_cli_end_to_end(tmp_path):
         assert "random (untrained test model)" in r.stdout
     paths = [Path(ln.strip()) for ln in r.stdout.splitlines() if ln.strip().endswith(".png")
              and not ln.startswith("[")]
-    assert len(paths) == 4, r.stdout  # attention grid, reconstruction, edit, side by side
+    assert len(paths) == 6, r.stdout  # attention grid, reconstruction, edit, the mask of each, side by side
     for p in paths:
         assert p.is_file() and p.parent == out.resolve()
     assert sorted(paths) == sorted(out.glob("*.png"))
@@ -360,7 +363,14 @@ def test_runner_cli_end_to_end(tmp_path):
         assert im.size[1] >= 256 and im.size[0] > 3 * im.size[1]
     judged = [ln for ln in r.stdout.splitlines() if ln.startswith("[attention_edit] judge: ")]
     assert [ln.split(": ")[1] for ln in judged] == ["source", "reconstruction", "edit"], r.stdout
-    assert "red circle (left)" in judged[0]
+    assert "red circle (left)" in judged[0] and "blue circle (left)" in judged[2], r.stdout
+    import re
+
+    bg = [re.search(r"background \(away from the objects\) vs the source: PSNR (identical|[\d.]+ dB), SSIM ([\d.]+)",
+                    ln) for ln in judged[1:]]
+    assert all(bg), r.stdout
+    psnr = bg[1].group(1)
+    assert psnr == "identical" or float(psnr.split()[0]) >= 30, r.stdout
     assert "done in" in r.stdout
     assert "Traceback" not in r.stderr, r.stderr[-4000:]
 
