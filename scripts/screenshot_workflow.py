@@ -19,7 +19,7 @@ invalid workflow data or widgets.
 Usage::
 
     apt-get install -y chromium && pip install playwright     # no `playwright install` needed
-    python scripts/screenshot_workflow.py                      # workflows/p2p_word_swap_null_text.json
+    python scripts/screenshot_workflow.py                      # workflows/p2p_word_swap.json
                                                                #   -> docs/workflow_word_swap.png
     python scripts/screenshot_workflow.py --workflow p2p_reweight --out /tmp/reweight.png
     python scripts/screenshot_workflow.py --workflow p2p_reweight --out ''   # check only, no screenshot
@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
-DEFAULT_WORKFLOW = "p2p_word_swap_null_text"
+DEFAULT_WORKFLOW = "p2p_word_swap"
 DEFAULT_OUT = ROOT / "docs" / "workflow_word_swap.png"
 
 sys.path.insert(0, str(ROOT / "tests"))

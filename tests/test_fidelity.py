@@ -87,6 +87,26 @@ def test_direct_inversion_survives_save_and_load(family):
         store.from_file(tensors, meta, "the file 'x.safetensors'")
 
 
+def test_direct_inversion_of_a_batch_keeps_each_photos_path(comfy, _cat64):
+    """Invert Images (Batch) with method direct: each photo gets its own path, the one it gets alone (to rounding),
+    and each edit's source row ends on its own photo's latent."""
+    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.sampling import edit, invert, invert_batch, replay_schedule
+    from attention_edit.headless.photos import photo
+
+    m, clip, vae = build_sd1x(CONFIGS["tiny_test"], seed=0)
+    with torch.no_grad():
+        lats = [vae.encode(img[..., :3]).detach() for img in (_cat64, photo("coffee", 64))]
+    prompts = [SOURCE, "a photo of a cup of coffee"]
+    conds, empty, sig = [enc(clip, p) for p in prompts], enc(clip, ""), replay_schedule(m, "p2p_ddim", STEPS)
+    batch = invert_batch(m, torch.cat(lats), conds, empty, sig, method="direct", source_prompts=prompts)
+    for inv, lat, cond, p in zip(batch, lats, conds, prompts):
+        alone = invert(m, lat, cond, empty, sig, method="direct", source_prompt=p)
+        assert torch.allclose(inv.path, alone.path, rtol=1e-4, atol=1e-4) and torch.equal(inv.path[-1], alone.path[-1])
+        out = edit(m, inv, [enc(clip, "a photo of a dog")])
+        assert (out[0] - lat[0]).abs().max().item() <= 1e-5 * max(1.0, lat.abs().max().item())
+
+
 def test_a_damaged_path_is_refused_naming_the_fix(family):
     import dataclasses
 

@@ -13,6 +13,7 @@ from support.frontend import FrontendSession
 WORKFLOWS = runner.list_workflows()
 #: what the alignment line says on each shipped workflow's edit nodes (in node order)
 EXPECTED = {
+    "p2p_word_swap": ["word swap · cat→dog · 5/75 tokens"],
     "p2p_word_swap_null_text": ["word swap · cat→dog · 5/75 tokens"],
     "p2p_refine_local_blend": ["refine · + silver sculpture · 7/75 tokens"],
     "p2p_reweight": ["word swap · 6/75 tokens"],
