@@ -94,6 +94,29 @@ def print_tables(results: list) -> None:
                       f"{c['inversion_s']:.2f} | {c['edit_s']:.2f} | {c['seconds']:.2f} |")
 
 
+def print_grids(results: list) -> None:
+    """The README's compact form: per model and kind, a row per inversion and a column per mask, each cell
+    "success / IoU / background PSNR / SSIM", and the seconds per edit without and with the prediction mask."""
+    for res in results:
+        for kind, data in res["kinds"].items():
+            t = data["table"]
+            methods = list(dict.fromkeys(k.split("|")[0] for k in t))
+            variants = list(dict.fromkeys(k.split("|")[1] for k in t))
+            n = next(iter(t.values()))["n"]
+            print(f"\n{MODEL_NAMES.get(res['model'], res['model'])}, {KIND_NAMES[kind]} ({n} cases): success / "
+                  "structure IoU / background PSNR / SSIM\n")
+            print("| inversion | " + " | ".join(variants) + " | s per edit (none / prediction) |")
+            print("|---" * (len(variants) + 2) + "|")
+            for m in methods:
+                cells = []
+                for v in variants:
+                    c = t[f"{m}|{v}"]
+                    psnr = "identical" if c["bg_psnr"] >= 100 else f"{c['bg_psnr']:.1f}"
+                    cells.append(f"{c['success']:.0%} / {c['iou']:.2f} / {psnr} / {c['bg_ssim']:.3f}")
+                secs = f"{t[f'{m}|none']['seconds']:.2f} / {t[f'{m}|prediction']['seconds']:.2f}"
+                print(f"| {m} | " + " | ".join(cells) + f" | {secs} |")
+
+
 def targets(results: list) -> list:
     """(text, passed) per target of the issue that these results measure."""
     out = []
@@ -164,6 +187,8 @@ def plot(results: list, path: str) -> None:
 
 def report(results: list, plot_path: str) -> int:
     print_tables(results)
+    print("\n### The same, compact (README)")
+    print_grids(results)
     print("\n### Targets\n")
     for text, ok in targets(results):
         print(f"- {'met' if ok else 'MISSED'}: {text}")
