@@ -23,17 +23,22 @@ def enc(clip, p):
     return clip.encode_from_tokens_scheduled(clip.tokenize(p))
 
 
-@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v", "tiny_sdxl", "tiny_flux"],
-                ids=["sd1", "sd2_v", "sdxl", "flux"])
+@pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_eps", "tiny_sd2_v", "tiny_sdxl", "tiny_flux"],
+                ids=["sd1", "sd2_eps", "sd2_v", "sdxl", "flux"])
 def family(request, comfy, _cat64):
+    import dataclasses
+
     if request.param == "tiny_flux":
         from attention_edit.comfy_bridge.flux_models import build_flux
 
         m, clip, vae = build_flux("tiny_flux", seed=0)
     else:
-        from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+        from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x, prediction_type
 
-        m, clip, vae = build_sd1x(CONFIGS[request.param], seed=0)
+        cfg = (dataclasses.replace(CONFIGS["tiny_sd2_v"], name="tiny_sd2_eps", prediction="eps")
+               if request.param == "tiny_sd2_eps" else CONFIGS[request.param])
+        m, clip, vae = build_sd1x(cfg, seed=0)
+        assert prediction_type(m) == ("v" if request.param == "tiny_sd2_v" else "eps")
     with torch.no_grad():
         latent = vae.encode(_cat64[..., :3]).detach()
     return dict(name=request.param, m=m, clip=clip, vae=vae, latent=latent)
