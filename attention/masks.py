@@ -15,6 +15,10 @@ import torch.nn.functional as F
 
 #: diffusers' mask_thresholding_ratio: the DiffEdit map is clamped at this multiple of its mean before rescaling
 CLAMP_RATIO = 3.0
+#: DiffEdit's noise draws and encoding strength (sec. 3.2; diffusers generate_mask's num_maps_per_mask and
+#: mask_encode_strength), the defaults of the prediction-difference mask
+NOISE_DRAWS = 10
+NOISE_STRENGTH = 0.5
 #: the binarisation threshold on the rescaled map, DiffEdit's 0.5 (sec. 3.2). On ToyWorld's tuning scenes (seeds
 #: 0-23, apart from the benchmark's; Direct + P2P with the locked background) it gave the tightest masks and the best
 #: colour swaps (UNet / MM-DiT judged right 96% / 100%; 0.3: 92% / 100%), while edits that enlarge the object want a

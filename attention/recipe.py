@@ -18,6 +18,7 @@ import torch
 from . import align
 from .adapedit import DPS, SoftPromptEdit, fwt_tau, schedule_text
 from .controllers import LocalBlend, P2PController, PromptEdit, SelfInjection
+from .masks import NOISE_DRAWS, NOISE_STRENGTH, PREDICTION_THRESHOLD
 
 Window = Union[float, tuple]
 
@@ -46,9 +47,9 @@ class LocalBlendSpec:
     dilation: Optional[int] = None  # max-pool radius in map pixels; None = auto (LocalBlend.pool_radius)
     maps: str = "injected"  # LocalBlend.maps: 'injected' (the reference's) or 'own' (the edited row's, before injection)
     mask_from: str = "attention"
-    prediction_threshold: float = 0.5  # attention.masks.PREDICTION_THRESHOLD (DiffEdit's)
-    noise_draws: int = 10
-    noise_strength: float = 0.5
+    prediction_threshold: float = PREDICTION_THRESHOLD
+    noise_draws: int = NOISE_DRAWS
+    noise_strength: float = NOISE_STRENGTH
     mask: Optional[torch.Tensor] = None
 
     def __post_init__(self):

@@ -451,14 +451,18 @@ def noise_level(model_patcher, strength: float) -> float:
     return float(ms.percent_to_sigma(1.0 - float(strength)))
 
 
-def prediction_mask(model_patcher, inversion, target_conds: list, draws: int = 10, strength: float = 0.5,
+def prediction_mask(model_patcher, inversion, target_conds: list, draws: int = None, strength: float = None,
                     seed: int = 0, progress=None) -> torch.Tensor:
     """``inversion.prediction_mask.prediction_difference_loop`` for the photo of ``inversion`` (its encoded latent)
     and the edited prompts' CONDITIONINGs, run in ComfyUI's sampler with ``model_patcher`` (no controller: plain
-    predictions). Returns the raw maps [edits, 1, h, w] at the latent's resolution."""
+    predictions; ``draws`` / ``strength`` default to DiffEdit's, attention.masks.NOISE_DRAWS / NOISE_STRENGTH).
+    Returns the raw maps [edits, 1, h, w] at the latent's resolution."""
+    from ..attention.masks import NOISE_DRAWS, NOISE_STRENGTH
     from ..inversion.prediction_mask import prediction_difference_loop
     from ..inversion.replay import prompt_embeddings
 
+    draws = NOISE_DRAWS if draws is None else draws
+    strength = NOISE_STRENGTH if strength is None else strength
     run = ComfyRunner(model_patcher, inversion.source_cond)
     embs = prompt_embeddings(inversion, target_conds, run.embedding)
     sigma = noise_level(model_patcher, strength)

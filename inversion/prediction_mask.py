@@ -20,11 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..attention.masks import NOISE_DRAWS
 from .protocol import Denoiser
-
-#: DiffEdit's defaults (sec. 3.2 and its experiments; diffusers generate_mask): noise draws, encoding strength
-NOISE_DRAWS = 10
-NOISE_STRENGTH = 0.5
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float, flow: bool) -> torch.Tensor:

@@ -263,7 +263,8 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     out = bridge_sampling.edit(model, inversion, conds, controller, progress=progress)
     check_finite_latent("Prompt-to-Prompt Edit Sampler", "check the inversion (Load Inversion / Invert Image) and "
                         "the edit's equalizer factors", out)
-    blend_advice(controller, out.shape[-2:])
+    final = final_blend_masks(controller, tuple(out.shape[-2:]))
+    blend_advice(controller, final)
     spatial = []
     for e in (controller.edits if controller else []):
         dps = getattr(e, "dps", None)
@@ -274,7 +275,7 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
                               tokens=[token_strings(clip, p) for p in prompts],
                               keywords=[list(e.keyword_tokens) for e in controller.edits] if controller else [],
                               spatial=spatial)
-    return out, maps, edit_region(model, controller, out)
+    return out, maps, edit_region(model, final, out)
 
 
 def blend_mask(model, inversion, lb, conds):
@@ -282,7 +283,7 @@ def blend_mask(model, inversion, lb, conds):
     (mask_from 'attention'): the MASK the user connected (checked against the image's size), or the
     prediction-difference mask (DiffEdit) of each edited prompt."""
     hw = tuple(inversion.x_T.shape[-2:])
-    image_hw = tuple(v * bridge_models.pixels_per_latent(model) for v in hw)
+    image_hw = _image_size(model, hw)
     if lb.mask is not None:
         m = check_user_mask(lb.mask, "mask connected to Prompt-to-Prompt Local Blend", image_hw, hw)
         if m.shape[0] not in (1, len(conds)):
@@ -295,17 +296,20 @@ def blend_mask(model, inversion, lb, conds):
     return difference_mask(diff, lb.prediction_threshold)
 
 
-def edit_region(model, controller, out) -> torch.Tensor:
+def _image_size(model, latent_hw) -> tuple:
+    """(H, W) in pixels of an image whose latent is ``latent_hw`` for this model."""
+    return tuple(int(v) * bridge_models.pixels_per_latent(model) for v in latent_hw)
+
+
+def edit_region(model, final, out) -> torch.Tensor:
     """The Edit Sampler's 'mask' output, one row per row of ``out`` (the 'latents' output) at the image's size
     [1 + edits, H, W]: the reconstruction's row all ones (it is the model's redraw; Lock Background leaves it as it
-    is), then per edited row where local blend lets the edit change the photo (its last mask); all ones without local
-    blend."""
-    hw = tuple(out.shape[-2:])
-    image_hw = tuple(v * bridge_models.pixels_per_latent(model) for v in hw)
+    is), then per edited row where local blend lets the edit change the photo (``final``: its last masks,
+    :func:`final_blend_masks`); all ones without local blend."""
+    image_hw = _image_size(model, out.shape[-2:])
     region = torch.ones((out.shape[0],) + image_hw)
-    m = final_blend_masks(controller, hw)
-    if m is not None:
-        region[1:] = to_image(m.cpu(), image_hw)
+    if final is not None:
+        region[1:] = to_image(final.cpu(), image_hw)
     return region
 
 
@@ -320,16 +324,16 @@ def final_blend_masks(controller, latent_hw):
     return lb.masks(store, latent_hw, len(controller.edits))
 
 
-def blend_advice(controller, latent_hw) -> None:
+def blend_advice(controller, final) -> None:
     """Logs when local blend's final mask covers almost all of the image or almost none of it: the blend then
     changes nothing, or keeps the source everywhere, and the log says which setting to move. A model whose maps do
     not locate words (measured on the ToyWorld MM-DiT: flat image->text maps) gives the first with attention masks;
-    an edit whose prompts differ in no word (a reweight) gives the second with the prediction mask."""
-    m = final_blend_masks(controller, latent_hw)
-    if m is None:
+    an edit whose prompts differ in no word (a reweight) gives the second with the prediction mask. ``final``: the
+    last masks (:func:`final_blend_masks`), None without local blend."""
+    if final is None:
         return
     lb = controller.local_blend
-    cover = float(m.float().mean())
+    cover = float(final.float().mean())
     knob = "'prediction_threshold'" if lb.fixed is not None else "'threshold'"
     if cover > 0.95:
         logging.warning(f"[Attention Edit] Local Blend: the mask covers {cover:.0%} of the image, so the blend keeps "
