@@ -63,6 +63,8 @@ __all__ = [
     "parse_self_replace_steps",
     "parse_word_values",
     "equalizer",
+    "TokenSection",
+    "joint_sections",
 ]
 
 #: Length of a CLIP text sequence as Stable Diffusion 1.x/2.x/XL consume it (BOS + 75 tokens + EOS).
@@ -96,6 +98,12 @@ class Stream:
     @property
     def limit(self) -> int:
         return max(self.lengths or (self.seq_len,)) - self.offset - 1
+
+    @property
+    def variable_length(self) -> bool:
+        """True when the conditioning's length depends on the prompts (T5: 256 or 512), so every prompt of an edit
+        must be encoded at one chosen length (:func:`common_length`); False for CLIP's fixed 77."""
+        return len(self.lengths) > 1
 
     def length_for(self, num_tokens: int) -> int:
         """The shortest allowed sequence length that holds ``num_tokens`` prompt tokens (with the start and end
@@ -198,6 +206,40 @@ def stream_of(tokenizer: Any) -> Stream:
         if m is not None and m != T5_SEQ_LEN:
             return Stream(st.name, st.offset, m, tuple(sorted({m, max(T5_SEQ_LENS)})))
     return st
+
+
+class TokenSection:
+    """One text stream of a tokenizer holder whose model attends to two streams in one joint sequence (SD3: the
+    77 CLIP positions, CLIP-L and CLIP-G side by side, then the T5 sequence; see :func:`joint_sections`).
+
+    It behaves as a ComfyUI tokenizer holder of that stream only: ``tokenize_with_weights`` returns the holder's
+    sections ``keys`` ("l" and "g", or "t5xxl"), and the stream's SDTokenizers are its attributes, so every function
+    of this module accepts it where a tokenizer is taken and computes that stream's positions."""
+
+    def __init__(self, holder: Any, keys: tuple):
+        self.holder = holder
+        self.keys = tuple(keys)
+        for k in self.keys:
+            attr = k if k == T5_KEY else f"clip_{k}"
+            setattr(self, attr, getattr(holder, attr))
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
+        out = self.holder.tokenize_with_weights(text, return_word_ids, **kwargs)
+        return {k: out[k] for k in self.keys}
+
+
+def joint_sections(tokenizer: Any) -> Optional[tuple]:
+    """The text streams of a joint-sequence model in sequence order, as :class:`TokenSection` views: for SD3's
+    tokenizer (CLIP-L, CLIP-G and T5-XXL; the conditioning is [77 CLIP positions ; T5 sequence]) the CLIP section
+    ("l", "g") then the T5 section; None for a tokenizer of one stream (SD1.x, SD2.x, SDXL: CLIP; Flux: T5 only,
+    its CLIP-L gives only the pooled vector). Accepts what :func:`comfy_tokenizer` accepts."""
+    obj = tokenizer.inner if isinstance(tokenizer, FixedLength) else tokenizer
+    ctok = comfy_tokenizer(obj)
+    if ctok is None or isinstance(ctok, TokenSection):
+        return None
+    if all(getattr(ctok, a, None) is not None for a in ("clip_l", "clip_g", T5_KEY)):
+        return TokenSection(ctok, ("l", "g")), TokenSection(ctok, (T5_KEY,))
+    return None
 
 
 #: Largest equalizer factor magnitude (the references use 2-10; beyond this the maps overflow float16/32 math).

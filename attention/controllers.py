@@ -326,7 +326,7 @@ class P2PController:
     store_min_downscale: float = 2.0
     feature_downscale: Optional[float] = 2.0  # record features on maps this much smaller than the latent (FWT)
     #: MM-DiT models (Flux): which blocks' joint attention is controlled, "all", "double" or "vital"
-    #: (comfy_bridge/flux_attention.py FLUX_BLOCKS); UNets ignore it
+    #: (attention/joint.py controlled_blocks); UNets ignore it
     mmdit_blocks: str = "all"
 
     @property

@@ -97,7 +97,7 @@ class EditSpec:
     equalizer:           ((word, factor), ...) attention re-weighting of words of the edited prompts.
     local_blend:         optional LocalBlendSpec.
     mmdit_blocks:        MM-DiT models (Flux): the blocks whose joint attention is controlled, "all", "double" or
-                         "vital" (comfy_bridge/flux_attention.py); UNets ignore it.
+                         "vital" (attention/joint.py); UNets ignore it.
     """
 
     target_prompts: tuple
@@ -120,7 +120,7 @@ class EditSpec:
         return replace(self, local_blend=lb)
 
 
-#: the block choices of an MM-DiT edit (comfy_bridge/flux_attention.py FLUX_BLOCKS)
+#: the block choices of an MM-DiT edit (attention/joint.py controlled_blocks)
 MMDIT_BLOCKS = ("all", "double", "vital")
 
 
@@ -131,10 +131,82 @@ def _tokens(tokenizer, prompt: str, words: Sequence[str]) -> list[int]:
     return sorted(set(out))
 
 
-def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: int) -> P2PController:
-    """Resolves ``spec`` for ``source_prompt`` into a P2PController for ``num_steps`` sampling steps."""
+def build_controller(tokenizer, source_prompt: str, spec: EditSpec, num_steps: int,
+                     text_len: Optional[int] = None) -> P2PController:
+    """Resolves ``spec`` for ``source_prompt`` into a P2PController for ``num_steps`` sampling steps.
+
+    For a joint-sequence text encoder (SD3: [77 CLIP positions ; T5 sequence], align.joint_sections) each stream is
+    aligned with its own tokenizer and the results are joined block-diagonally (:func:`join_streams`): a word's
+    maps are its CLIP and its T5 positions. ``text_len``: the conditioning's text length when the caller knows it;
+    77 on such a model means a CLIP-only text encoder (an SD3 checkpoint without T5), and only the CLIP stream is
+    used."""
     if not spec.target_prompts:
         raise ValueError("the edit has no edited prompt; type at least one edited prompt")
+    sections = align.joint_sections(tokenizer)
+    if sections is not None:
+        parts = [_build_one(sec, source_prompt, spec, num_steps) for sec in sections]
+        lengths = [int(c.edits[0].cross_alpha.shape[-1]) for c in parts]
+        if text_len is not None and int(text_len) == lengths[0]:
+            return parts[0]
+        joined = join_streams(parts, lengths)
+        n = int(joined.edits[0].cross_alpha.shape[-1])
+        if text_len is not None and int(text_len) != n:
+            raise ValueError(f"the conditioning has {int(text_len)} text tokens but the prompts' streams give {n} "
+                             f"({' + '.join(str(v) for v in lengths)}); encode every prompt of the edit with the "
+                             "same CLIP (the checkpoint's text encoder)")
+        return joined
+    return _build_one(tokenizer, source_prompt, spec, num_steps)
+
+
+def _offset(tokens, by: int) -> list:
+    return [int(t) + by for t in tokens]
+
+
+def join_streams(parts: Sequence[P2PController], lengths: Sequence[int]) -> P2PController:
+    """One controller over a joint text sequence from one controller per stream (the streams' positions follow
+    each other: stream k starts at sum(lengths[:k])): word-swap mappers block-diagonal, refinement indices and
+    every token list shifted by the stream's start, cross_replace_steps windows, alphas and equalizers
+    concatenated along the token axis. The streams must agree on the edit's kind (they do: the kind follows the
+    prompts' words, which every stream shares). Source: P2P sec. 3.2 applied per text stream; the SD3 note in
+    docs/sd3.md."""
+    first = parts[0]
+    starts = [sum(lengths[:k]) for k in range(len(lengths))]
+    edits = []
+    for i, e0 in enumerate(first.edits):
+        es = [p.edits[i] for p in parts]
+        kinds = {e.kind for e in es}
+        if len(kinds) != 1:
+            raise ValueError(f"the text streams disagree on the edit of prompt {i + 1} ({sorted(kinds)}); choose the "
+                             "mode explicitly (replace or refine)")
+        if e0.kind == "replace":
+            mapper = torch.block_diag(*[e.mapper for e in es])
+            alphas = None
+        else:
+            mapper = torch.cat([torch.where(e.mapper >= 0, e.mapper + s, e.mapper) for e, s in zip(es, starts)])
+            alphas = torch.cat([e.alphas for e in es], -1)
+        cross = torch.cat([e.cross_alpha for e in es], -1)
+        eq = None
+        if any(e.equalizer is not None for e in es):
+            eq = torch.cat([e.equalizer if e.equalizer is not None else torch.ones(n)
+                            for e, n in zip(es, lengths)], -1)
+        kw = tuple(t for e, s in zip(es, starts) for t in _offset(e.keyword_tokens, s))
+        common = dict(kind=e0.kind, mapper=mapper, alphas=alphas, cross_alpha=cross, equalizer=eq, keyword_tokens=kw)
+        dps = getattr(e0, "dps", None)
+        if dps is not None:
+            edits.append(SoftPromptEdit(**common, dps=replace(dps, keyword_tokens=list(kw))))
+        else:
+            edits.append(PromptEdit(**common))
+    blend = first.local_blend
+    if blend is not None:
+        blends = [p.local_blend for p in parts]
+        blend = replace(blend,
+                        source_tokens=[t for b, s in zip(blends, starts) for t in _offset(b.source_tokens, s)],
+                        target_tokens=[[t for b, s in zip(blends, starts) for t in _offset(b.target_tokens[j], s)]
+                                       for j in range(len(blend.target_tokens))])
+    return replace(first, edits=edits, local_blend=blend)
+
+
+def _build_one(tokenizer, source_prompt: str, spec: EditSpec, num_steps: int) -> P2PController:
     prompts = [source_prompt] + list(spec.target_prompts)
     # every prompt's maps on one sequence length (CLIP: 77; T5: 256, or 512 when a prompt needs it), the length
     # the edit glue encodes all the prompts at (align.common_length)

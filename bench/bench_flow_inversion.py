@@ -47,7 +47,7 @@ def _model(name: str):
     from attention_edit.comfy_bridge.flux_models import build_flux
 
     if name == "toyworld":
-        from attention_edit.toyworld.train_mmdit import WEIGHTS, load_toyworld_mmdit
+        from attention_edit.toyworld.shipped import TOYWORLD_MMDIT_WEIGHTS as WEIGHTS, load_toyworld_mmdit
 
         if not os.path.exists(WEIGHTS):
             raise SystemExit(f"no ToyWorld MM-DiT weights at {WEIGHTS}; train them (toyworld/train_mmdit.py) or use "

@@ -101,9 +101,9 @@ def sdxl_full_config(depth: int = 10):
     real widths and tokenizers but 3 layers each (what the UNet sees is their 2048-wide output; their depth does not
     change the cost of a sampling step); the VAE is a small one with the 8x downscale (the full-size runs take a
     random latent, no photo is encoded)."""
-    from attention_edit.comfy_bridge import models as sd1x
+    from attention_edit.comfy_bridge import models as unet_models
 
-    return sd1x.SD1xConfig(name="sdxl_random_unet", family="sdxl", image_size=1024, model_channels=320,
+    return unet_models.UNetConfig(name="sdxl_random_unet", family="sdxl", image_size=1024, model_channels=320,
                            channel_mult=[1, 2, 4], num_res_blocks=2, attention_levels=[False, True, True],
                            transformer_depth=[0, 2, depth], transformer_depth_middle=depth, num_heads=-1,
                            clip_width=768, clip_layers=3, clip_heads=12, clip_intermediate=3072,
@@ -115,19 +115,19 @@ def build_sdxl_full(dtype=None, depth: int = 10, seed: int = 0):
     """(model_patcher, clip, vae) of :func:`sdxl_full_config`, with SDXL's own attention heads: 64 channels each
     (10 heads at 640 channels, 20 at 1280), as ComfyUI's SDXL model config sets them (num_head_channels 64).
 
-    ``build_sd1x`` gives every level one head count (``num_heads``), so the text encoders and VAE come from it
+    ``build_unet`` gives every level one head count (``num_heads``), so the text encoders and VAE come from it
     with a small stand-in UNet (discarded), and the UNet is made here from ``comfy.supported_models.SDXL`` with
-    its default head layout, seeded like ``build_sd1x``'s (``models.init_weights``). dtype: the UNet's weights
+    its default head layout, seeded like ``build_unet``'s (``models.init_weights``). dtype: the UNet's weights
     (None: ``comfy.model_management.unet_dtype``'s choice, fp32 on the CPU; 2.57 G parameters = 10.3 GB fp32)."""
     import dataclasses
 
-    from attention_edit.comfy_bridge import models as sd1x
+    from attention_edit.comfy_bridge import models as unet_models
 
     cfg = sdxl_full_config(depth)
     stand_in = dataclasses.replace(cfg, model_channels=32, transformer_depth=[0, 1, 1], transformer_depth_middle=1,
                                    num_heads=2)
-    _, clip, vae = sd1x.build_sd1x(stand_in, seed=seed, dtype=dtype)
-    m = sd1x.build_sdxl_unet(cfg, dtype=dtype, seed=seed)
+    _, clip, vae = unet_models.build_unet(stand_in, seed=seed, dtype=dtype)
+    m = unet_models.build_sdxl_unet(cfg, dtype=dtype, seed=seed)
     model = m.model
     for obj in (m, model, clip, vae):
         obj.toy_config = cfg
@@ -155,7 +155,7 @@ def build(full_size: bool, family: str = "sd1", dtype=None, sdxl_depth: int = 10
 
 
 def _build(full_size: bool, family: str, dtype, sdxl_depth: int):
-    from attention_edit.comfy_bridge import models as sd1x
+    from attention_edit.comfy_bridge import models as unet_models
 
     if family == "sdxl":
         if full_size:
@@ -164,24 +164,24 @@ def _build(full_size: bool, family: str, dtype, sdxl_depth: int):
             depth = "" if sdxl_depth == 10 else f", REDUCED transformer depth 0/2/{sdxl_depth} (SDXL: 0/2/10)"
             return m, clip, vae, 1024, (f"SDXL-size UNet (random weights, {n / 1e9:.2f} G parameters, "
                                         f"{m.model.get_dtype()}{depth}), 1024x1024 (latent 128x128)")
-        m, clip, vae = sd1x.build_sd1x(sd1x.CONFIGS["tiny_sdxl"], seed=0, dtype=dtype)
+        m, clip, vae = unet_models.build_unet(unet_models.CONFIGS["tiny_sdxl"], seed=0, dtype=dtype)
         return m, clip, vae, 128, "tiny SDXL test model (random weights), 128x128 (latent 16x16)"
     if family != "sd1":
         raise ValueError(f"unknown family {family!r}: use 'sd1' or 'sdxl'")
     if full_size:
-        cfg = sd1x.SD1xConfig(name="sd15_random_unet", image_size=512, model_channels=320,
+        cfg = unet_models.UNetConfig(name="sd15_random_unet", image_size=512, model_channels=320,
                               channel_mult=[1, 2, 4, 4], num_res_blocks=2,
                               attention_levels=[True, True, True, False], num_heads=8,
                               clip_width=768, clip_layers=2, clip_heads=12, clip_intermediate=3072,
                               vae_ch=32, vae_ch_mult=[1, 2, 4, 4], vae_res_blocks=1)
-        m, clip, vae = sd1x.build_sd1x(cfg, seed=0, dtype=dtype)
+        m, clip, vae = unet_models.build_unet(cfg, seed=0, dtype=dtype)
         return m, clip, vae, 512, "SD1.5-size UNet (random weights), 512x512"
     weights = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
                            "toyworld.safetensors")
     if os.path.exists(weights):
-        m, clip, vae = sd1x.load_weights(weights, dtype=dtype)
+        m, clip, vae = unet_models.load_weights(weights, dtype=dtype)
         return m, clip, vae, 64, "ToyWorld (trained), 64x64"
-    m, clip, vae = sd1x.build_sd1x(sd1x.TINY_TEST, seed=0, dtype=dtype)
+    m, clip, vae = unet_models.build_unet(unet_models.TINY_TEST, seed=0, dtype=dtype)
     return m, clip, vae, 64, "tiny test model (random weights), 64x64"
 
 

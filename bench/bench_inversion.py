@@ -261,11 +261,11 @@ def sdxl_pooled(args) -> int:
 
     host.configure(cpu=not torch.cuda.is_available())
     from attention_edit.comfy_bridge import text
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
     from attention_edit.comfy_bridge.sampling import invert, replay_schedule
     from attention_edit.comfy_bridge.training import encode_image
 
-    model, clip, vae = build_sd1x(CONFIGS["tiny_sdxl"], seed=0)
+    model, clip, vae = build_unet(CONFIGS["tiny_sdxl"], seed=0)
     size = CONFIGS["tiny_sdxl"].image_size
     sigmas = replay_schedule(model, "p2p_ddim", args.steps)
     empty = text.encode(clip, "")

@@ -1,10 +1,10 @@
 """Training-memory benchmark: peak memory and time per step of the pack's training stages.
 
-Model: a FULL-SIZE Stable Diffusion 1.5 architecture with random weights (``models/sd1x.build_sd1x``: UNet 320
+Model: a FULL-SIZE Stable Diffusion 1.5 architecture with random weights (``models/unet_models.build_unet``: UNet 320
 channels x [1, 2, 4, 4], 2 res blocks, attention at the first three levels, 8 heads; CLIP text encoder 768 wide,
 12 layers, 12 heads, MLP 3072; VAE 128 channels x [1, 2, 4, 4], 2 res blocks), trained at 512 x 512 on a real photo
 (scikit-image's cat; a second photo as Custom Diffusion's class image). Random weights change nothing about memory
-or time per step. ``--tiny`` uses the tiny test model (``sd1x.TINY_TEST``) at 64 x 64 instead, a smoke check for
+or time per step. ``--tiny`` uses the tiny test model (``unet_models.TINY_TEST``) at 64 x 64 instead, a smoke check for
 a CPU.
 
 Stages (a few optimisation steps each, ``--steps``; every stage is called through the same public function its
@@ -59,9 +59,9 @@ STAGE_KEYS = ("cd", "ti", "imagic1", "imagic2")
 
 def full_config():
     """The SD1.5 architecture (random weights) at 512 x 512."""
-    from attention_edit.comfy_bridge import models as sd1x
+    from attention_edit.comfy_bridge import models as unet_models
 
-    return sd1x.SD1xConfig(name="sd15_random_full", image_size=512, model_channels=320, channel_mult=[1, 2, 4, 4],
+    return unet_models.UNetConfig(name="sd15_random_full", image_size=512, model_channels=320, channel_mult=[1, 2, 4, 4],
                            num_res_blocks=2, attention_levels=[True, True, True, False], transformer_depth_middle=1,
                            num_heads=8, clip_width=768, clip_layers=12, clip_heads=12, clip_intermediate=3072,
                            vae_ch=128, vae_ch_mult=[1, 2, 4, 4], vae_res_blocks=2)
@@ -69,12 +69,12 @@ def full_config():
 
 def build(tiny: bool):
     """(model, clip, vae, image_size, label). Built under inference mode, as a loader node builds it."""
-    from attention_edit.comfy_bridge import models as sd1x
+    from attention_edit.comfy_bridge import models as unet_models
 
-    cfg, size = (sd1x.TINY_TEST, 64) if tiny else (full_config(), 512)
+    cfg, size = (unet_models.TINY_TEST, 64) if tiny else (full_config(), 512)
     with torch.inference_mode():
-        m, clip, vae = sd1x.build_sd1x(cfg, seed=0)
-    n = sd1x.count_parameters(m, clip, vae)
+        m, clip, vae = unet_models.build_unet(cfg, seed=0)
+    n = unet_models.count_parameters(m, clip, vae)
     label = ("tiny test model" if tiny else "SD1.5-size model") + \
         (f" (random weights), {size}x{size}; parameters: UNet {n['unet'] / 1e6:.1f} M, text encoder "
          f"{n['text_encoder'] / 1e6:.1f} M, VAE {n['vae'] / 1e6:.1f} M")

@@ -73,7 +73,7 @@ class ToyModel:
 def load_mmdit(weights: Optional[str] = None) -> ToyModel:
     """The ToyWorld MM-DiT (toyworld/train_mmdit.py; ``weights`` or the shipped toyworld_mmdit.safetensors).
     FileNotFoundError naming the trainer when there are none."""
-    from ..toyworld.train_mmdit import WEIGHTS, load_toyworld_mmdit
+    from ..toyworld.shipped import TOYWORLD_MMDIT_WEIGHTS as WEIGHTS, load_toyworld_mmdit
 
     path = weights or WEIGHTS
     if not os.path.exists(path):
@@ -85,13 +85,13 @@ def load_mmdit(weights: Optional[str] = None) -> ToyModel:
 
 def load_model(weights: Optional[str] = None) -> ToyModel:
     """The shipped ToyWorld model (or ``weights``); the untrained tiny test model when neither exists."""
-    from ..comfy_bridge import models as sd1x
+    from ..comfy_bridge import models as unet_models
 
     path = weights or (SHIPPED if os.path.exists(SHIPPED) else None)
     if path:
-        m, clip, vae = sd1x.load_weights(path)
+        m, clip, vae = unet_models.load_weights(path)
         return ToyModel(m, clip, vae, f"ToyWorld ({os.path.basename(path)})")
-    m, clip, vae = sd1x.build_sd1x(sd1x.TINY_TEST, seed=0)
+    m, clip, vae = unet_models.build_unet(unet_models.TINY_TEST, seed=0)
     return ToyModel(m, clip, vae, "untrained tiny test model (no ToyWorld weights found)")
 
 

@@ -16,7 +16,14 @@ Modules (what each touches):
   text.py      CLIP tokenizers and embeddings: encoding, vocabulary, token embeddings, in-memory embeddings
   training.py  the training session (load_models_gpu, weight wrappers, LoRA adapters, gradient checkpointing),
                model facts (weight keys, unpatched weights, diffusers names, ComfyUI's LoRA loader)
-  models.py    model building from ComfyUI's classes (supported_models, ModelPatcher, sd.CLIP, sd.VAE)
+  families.py  the family registry: one record per model family (detection from comfy.supported_models' config
+               classes, prediction, text streams, pooled handling, binder, inversion methods, node groups); every
+               "which model is this" question reads it
+  models.py    UNet-family model building (SD1.x, SD2.x, SDXL architectures) from ComfyUI's classes
+               (supported_models, ModelPatcher, sd.CLIP, sd.VAE); flux_models.py the same for Flux.1; seeded.py
+               their seeded initialisation
+  joint_attention.py  the MM-DiT patch point: transformer_options["optimized_attention_override"] (the maths of
+               an edited joint-attention call is attention/joint.py)
   host.py      ComfyUI in this process: version, start-up flags, init (what main.py does), the PromptExecutor,
                node definitions, the PromptServer stand-in
   web.py       the HTTP route on PromptServer.instance.routes (aiohttp), off the event loop

@@ -19,7 +19,7 @@ toyworld/train_mmdit.py) uses the ToyWorld VAE that way. ``build_flux(..., state
 (``model.diffusion_model.*``, ``clip.*``, optionally ``vae.*``) instead of the seeded initialisation.
 
 The Flux parameter set differs between ComfyUI versions (0.33 added ``txt_ids_dims``): only the fields the host's
-``FluxParams`` has are passed. Every weight is initialised from a seeded CPU generator (models.init_weights).
+``FluxParams`` has are passed. Every weight is initialised from a seeded CPU generator (seeded.init_weights).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import init_weights
+from .seeded import init_weights
 
 __all__ = ["FluxConfig", "TINY_FLUX", "TINY_FLUX_SCHNELL", "TOYWORLD_MMDIT", "FLUX_CONFIGS", "flux_config_from_any",
            "build_flux", "build_flux_model", "build_tiny_flux_model", "count_flux_parameters",

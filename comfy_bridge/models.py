@@ -1,7 +1,8 @@
-"""Model building: small Stable Diffusion 1.x-architecture models built from ComfyUI's own classes.
+"""Model building: small UNet-family models (SD1.x, SD2.x, SDXL architectures) built from ComfyUI's own classes.
 
-``build_sd1x(config)`` returns ``(model_patcher, clip, vae)`` exactly like CheckpointLoaderSimple does, but for a
-UNet / CLIP text encoder / AutoencoderKL of any (small) size:
+``build_unet(config)`` returns ``(model_patcher, clip, vae)`` exactly like CheckpointLoaderSimple does for an SD1.x,
+SD2.x or SDXL checkpoint (``UNetConfig.family``), but for a UNet / text encoder(s) / AutoencoderKL of any (small)
+size. The SD1.x case:
 
 * UNet: ``comfy.supported_models.SD15(unet_config).get_model()`` wrapped in ``comfy.model_patcher.ModelPatcher``
   (epsilon prediction, scaled_linear betas 0.00085..0.012, SD1.5 latent format / 0.18215 scale).
@@ -22,35 +23,32 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
+from .seeded import init_weights
+
 __all__ = [
+    "UNetConfig",
     "SD1xConfig",
     "TINY_TEST",
     "TOYWORLD",
     "CONFIGS",
+    "build_unet",
     "build_sd1x",
     "save_weights",
     "load_weights",
     "config_from_any",
     "count_parameters",
-    "build_tiny_flux_model",
     "build_tiny_sdxl_refiner",
     "build_sdxl_unet",
-    "SUPPORTED_MODELS",
-    "model_family",
-    "prediction_type",
-    "prediction_of",
-    "require_supported",
 ]
 
 
 @dataclass
-class SD1xConfig:
+class UNetConfig:
     name: str = "custom"
     image_size: int = 64
     # UNet (SD1.x UNetModel)
@@ -108,7 +106,7 @@ class SD1xConfig:
 
 
 # Very small and fast: unit tests / CI (cross-attention at 2 resolutions + middle).
-TINY_TEST = SD1xConfig(
+TINY_TEST = UNetConfig(
     name="tiny_test",
     model_channels=32,
     channel_mult=[1, 2],
@@ -125,7 +123,7 @@ TINY_TEST = SD1xConfig(
 )
 
 # The trained ToyWorld model: 64x64 RGB <-> 8x8x4 latent; cross-attention at 8x8, 4x4 and the middle (4x4).
-TOYWORLD = SD1xConfig(
+TOYWORLD = UNetConfig(
     name="toyworld",
     model_channels=64,
     channel_mult=[1, 2],
@@ -156,11 +154,16 @@ TINY_SDXL = dataclasses.replace(
     attention_levels=[False, True, True], transformer_depth=[0, 1, 2], transformer_depth_middle=2, clip_layers=3,
     clip_g_width=64, clip_g_layers=3, clip_g_heads=2, clip_g_intermediate=128, clip_g_projection=64)
 
+#: the names this builder had when it built SD1.x only, kept for the public import (``from
+#: attention_edit.comfy_bridge.models import SD1xConfig, build_sd1x``); saved weights files keep their format
+#: "attention_edit.sd1x"
+SD1xConfig = UNetConfig
+
 CONFIGS = {"tiny_test": TINY_TEST, "toyworld": TOYWORLD, "tiny_sd2_v": TINY_SD2_V, "tiny_sdxl": TINY_SDXL}
 
 
-def config_from_any(config: Any) -> SD1xConfig:
-    if isinstance(config, SD1xConfig):
+def config_from_any(config: Any) -> UNetConfig:
+    if isinstance(config, UNetConfig):
         return config
     if isinstance(config, str):
         if config in CONFIGS:
@@ -169,16 +172,16 @@ def config_from_any(config: Any) -> SD1xConfig:
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     if isinstance(config, dict):
-        names = {f.name for f in dataclasses.fields(SD1xConfig)}
-        return SD1xConfig(**{k: v for k, v in config.items() if k in names})
-    raise TypeError(f"cannot make an SD1xConfig from {type(config)!r}")
+        names = {f.name for f in dataclasses.fields(UNetConfig)}
+        return UNetConfig(**{k: v for k, v in config.items() if k in names})
+    raise TypeError(f"cannot make a UNetConfig from {type(config)!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # config translation
 # --------------------------------------------------------------------------------------------------------------
 
-def unet_config_dict(cfg: SD1xConfig) -> dict:
+def unet_config_dict(cfg: UNetConfig) -> dict:
     levels = len(cfg.channel_mult)
     att = cfg.depths()
     assert len(att) == levels, "attention_levels / transformer_depth need one entry per channel_mult level"
@@ -204,7 +207,7 @@ def unet_config_dict(cfg: SD1xConfig) -> dict:
     }
 
 
-def clip_model_config(cfg: SD1xConfig, encoder: str = "l") -> dict:
+def clip_model_config(cfg: UNetConfig, encoder: str = "l") -> dict:
     """The text-model config overrides of one encoder ("l": the clip_* fields, "g": SDXL's clip_g_* fields)."""
     if encoder == "g":
         return {"hidden_size": cfg.clip_g_width, "intermediate_size": cfg.clip_g_intermediate,
@@ -219,7 +222,7 @@ def clip_model_config(cfg: SD1xConfig, encoder: str = "l") -> dict:
     }
 
 
-def vae_ddconfig(cfg: SD1xConfig) -> dict:
+def vae_ddconfig(cfg: UNetConfig) -> dict:
     return {
         "double_z": True,
         "z_channels": cfg.latent_channels,
@@ -281,51 +284,13 @@ def _tokenizer_class(width: int, family: str = "sd1", g_width: int = 0):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# seeded init
-# --------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
-    """Seeded explicit initialisation (the torch defaults, drawn from a CPU generator in parameter-name order).
-
-    Linear / Conv: kaiming-uniform(a=sqrt(5)) weights and uniform(+-1/sqrt(fan_in)) biases, as torch does;
-    norms: weight 1, bias 0; embeddings: N(0, 0.02)."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    done = set()
-    for mname, mod in sorted(module.named_modules(), key=lambda kv: kv[0]):
-        for pname, p in sorted(mod.named_parameters(recurse=False), key=lambda kv: kv[0]):
-            if id(p) in done:
-                continue
-            done.add(id(p))
-            shape = tuple(p.shape)
-            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                val = torch.ones(shape) if pname == "weight" else torch.zeros(shape)
-            elif isinstance(mod, torch.nn.Embedding):
-                val = torch.randn(shape, generator=gen) * 0.02
-            elif pname == "logit_scale":
-                val = torch.full(shape, math.log(1 / 0.07))
-            elif len(shape) >= 2:
-                fan_in = int(torch.tensor(shape[1:]).prod())
-                bound = 1.0 / math.sqrt(fan_in)  # == kaiming_uniform(a=sqrt(5))
-                val = (torch.rand(shape, generator=gen) * 2 - 1) * bound
-            elif pname == "bias":
-                w = getattr(mod, "weight", None)
-                fan_in = int(torch.tensor(w.shape[1:]).prod()) if w is not None and w.dim() >= 2 else max(1, shape[0])
-                bound = 1.0 / math.sqrt(fan_in)
-                val = (torch.rand(shape, generator=gen) * 2 - 1) * bound
-            else:
-                val = torch.randn(shape, generator=gen) * 0.02
-            p.copy_(val.to(dtype=p.dtype, device=p.device))
-
-
-# --------------------------------------------------------------------------------------------------------------
 # build
 # --------------------------------------------------------------------------------------------------------------
 
-def build_sd1x(config, state_dict: dict | None = None, seed: int = 0, dtype: torch.dtype | None = None):
+def build_unet(config, state_dict: dict | None = None, seed: int = 0, dtype: torch.dtype | None = None):
     """Builds ``(model_patcher, clip, vae)`` for an SD1.x-architecture model of the given config.
 
-    ``config``: an SD1xConfig, a dict of its fields, or a named config ("tiny_test", "toyworld").
+    ``config``: a UNetConfig, a dict of its fields, or a named config ("tiny_test", "toyworld").
     ``state_dict``: optional weights with keys ``model.diffusion_model.*``, ``clip.*`` (the text encoder's own
     state dict, e.g. ``clip_l.transformer...``) and ``vae.*``; missing → seeded init.
     ``dtype``: weight dtype of all three parts; None → comfy.model_management's choice (fp32 on CPU).
@@ -465,7 +430,7 @@ def save_weights(path, model_patcher, clip, vae, dtype=torch.float16, extra_meta
     cfg = (getattr(model_patcher, "toy_config", None) or getattr(model_patcher.model, "toy_config", None)
            or getattr(vae, "toy_config", None))
     if cfg is None:
-        raise ValueError("model was not built by build_sd1x (no toy_config attached)")
+        raise ValueError("model was not built by build_unet (no toy_config attached)")
     tensors = {}
     for k, v in state_dicts(model_patcher, clip, vae).items():
         v = v.detach().to("cpu")
@@ -493,12 +458,12 @@ def load_weights(path, dtype: torch.dtype | None = None):
 
     ``dtype`` None → the comfy.model_management default (fp32 on CPU; fp16 weights are upcast)."""
     cfg, sd, _ = read_weights(path)
-    return build_sd1x(cfg, state_dict=sd, dtype=dtype)
+    return build_unet(cfg, state_dict=sd, dtype=dtype)
 
 
 def build_sdxl_unet(cfg, dtype=None, seed: int = 0):
-    """The UNet (a ModelPatcher) of an SDXL-family SD1xConfig with SDXL's own head layout: ComfyUI's SDXL model
-    config keeps num_head_channels = 64 (10 heads at 640 channels, 20 at 1280), where build_sd1x sets one head count
+    """The UNet (a ModelPatcher) of an SDXL-family UNetConfig with SDXL's own head layout: ComfyUI's SDXL model
+    config keeps num_head_channels = 64 (10 heads at 640 channels, 20 at 1280), where build_unet sets one head count
     for every level. Seeded weights (init_weights). dtype: the weights' and computation's dtype (None:
     comfy.model_management's choice, fp32 on the CPU; bench/bench_foundation.py --family sdxl --full-size)."""
     import comfy.model_management as mm
@@ -541,60 +506,8 @@ def build_tiny_sdxl_refiner(seed: int = 0):
                                             offload_device=mm.unet_offload_device())
 
 
-def build_tiny_flux_model(seed: int = 0):
-    """A tiny Flux.1-dev-architecture MODEL (comfy_bridge.flux_models.build_tiny_flux_model), for tests."""
-    from .flux_models import build_tiny_flux_model as build
-
-    return build(seed)
-
-
-#: the families the pack knows, as the refusal message names them
-FAMILY_NAMES = {
-    "sd1": "SD1.x checkpoints (Stable Diffusion 1.4/1.5 and their fine-tunes: a UNet with 768-wide CLIP-L "
-           "cross-attention)",
-    "sd2": "SD2.x checkpoints (Stable Diffusion 2.0/2.1, 512 epsilon and 768 v-prediction: OpenCLIP-H, 1024-wide "
-           "cross-attention)",
-    "sdxl": "SDXL checkpoints (SDXL 1.0 base and its fine-tunes such as Pony, Illustrious, NoobAI, Juggernaut, "
-            "epsilon or v-prediction: CLIP-L + OpenCLIP-bigG, 2048-wide cross-attention)",
-    "flux": "Flux.1 models (dev and schnell and their fine-tunes: MM-DiT with T5 joint attention, rectified flow)",
-}
-SHORT_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux.1"}
-#: what every node runs on (the nodes that also take SD2.x say so where they call require_supported)
-SUPPORTED_MODELS = FAMILY_NAMES["sd1"]
-
-
-def model_family(model_patcher) -> str:
-    """The family of a MODEL as ComfyUI detected it when loading: "sd1" for an SD1.x UNet (ComfyUI's SD15 model
-    config: 768-wide cross-attention context in a real checkpoint, narrower in the pack's tiny and ToyWorld models
-    built from the same class), "sd2" for an SD2.x text-to-image UNet (ComfyUI's SD20 config, epsilon or
-    v-prediction; not its unCLIP or upscaler subclasses), "sdxl" for an SDXL base UNet (ComfyUI's SDXL config and
-    its distilled subclasses SSD-1B, Vega, KOALA; not the refiner or InstructPix2Pix), "flux" for Flux.1 dev and
-    schnell (ComfyUI's Flux / FluxSchnell configs; not Flux inpaint, Kontext variants of other classes or Flux.2),
-    otherwise the name of ComfyUI's model config class
-    ("SDXL", "SD21UnclipH", "Flux", "SD3", ...; ``comfy.supported_models``), or of the model object when it has
-    none."""
-    import comfy.supported_models
-
-    base = getattr(model_patcher, "model", None)
-    cfg = getattr(base, "model_config", None)
-    if cfg is None:
-        return type(base if base is not None else model_patcher).__name__
-    if isinstance(cfg, comfy.supported_models.SD15):
-        return "sd1"
-    if type(cfg) is comfy.supported_models.SD20:
-        return "sd2"
-    if isinstance(cfg, comfy.supported_models.SDXL) and \
-            not isinstance(cfg, getattr(comfy.supported_models, "SDXL_instructpix2pix", ())):
-        return "sdxl"
-    if type(cfg) in (comfy.supported_models.Flux, comfy.supported_models.FluxSchnell):
-        return "flux"
-    return type(cfg).__name__
-
-
-def prediction_type(model_patcher) -> str:
-    """"eps", "v", "flow" (rectified flow: Flux, SD3) or the name of ComfyUI's model-sampling class, for messages
-    and inversion records."""
-    return prediction_of(model_patcher.get_model_object("model_sampling"))
+#: old name of :func:`build_unet` (see :data:`SD1xConfig`)
+build_sd1x = build_unet
 
 
 def pixels_per_latent(model_patcher) -> int:
@@ -602,30 +515,3 @@ def pixels_per_latent(model_patcher) -> int:
     (ComfyUI 0.33; 0.3.75 has no such attribute, and every family it serves, SD1.x / SD2.x / SDXL / Flux.1, is 8)."""
     fmt = getattr(getattr(model_patcher, "model", None), "latent_format", None)
     return int(getattr(fmt, "spacial_downscale_ratio", 8) or 8)
-
-
-def prediction_of(ms) -> str:
-    """:func:`prediction_type` of a ComfyUI model_sampling object (CONST -> "flow", V_PREDICTION -> "v", EPS ->
-    "eps", by class name along its MRO, so ComfyUI's combined classes such as ModelSamplingDiscreteFlow count)."""
-    names = [c.__name__ for c in type(ms).__mro__]
-    if "CONST" in names:
-        return "flow"
-    if "V_PREDICTION" in names:
-        return "v"
-    if "EPS" in names:
-        return "eps"
-    return type(ms).__name__
-
-
-def require_supported(node: str, model_patcher, families=("sd1",)) -> None:
-    """ValueError naming the node, the MODEL's family and what the node supports (``families``: keys of
-    FAMILY_NAMES), for a model the node cannot edit with (checked before any work starts)."""
-    family = model_family(model_patcher)
-    if family not in families:
-        shown = SHORT_NAMES.get(family, family)
-        what = " and ".join(FAMILY_NAMES[f] for f in families)
-        later = ", ".join(n for f, n in SHORT_NAMES.items() if f not in families)
-        others = "other MM-DiT models such as SD3" if "flux" in families else "MM-DiT models such as Flux and SD3"
-        raise ValueError(f"{node}: this MODEL is {shown} (as ComfyUI detected it); this node works with {what} in "
-                         f"this version ({later + ' and ' if later else ''}{others} are not supported yet). Load a "
-                         "checkpoint of a supported family, or the pack's ToyWorld Model Loader to try the workflow")

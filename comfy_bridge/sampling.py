@@ -22,6 +22,7 @@ import torch
 from ..inversion.core import METHODS as INVERSION_METHODS  # noqa: F401  (the runner's --method choices)
 from ..inversion.ddim import reference_ddim_timesteps
 from ..inversion.protocol import Loop
+from .families import FAMILIES, family_key, family_of, prediction_of, prediction_type, short_name
 from .progress import throw_if_interrupted
 
 P2P_DDIM = "p2p_ddim"
@@ -92,7 +93,7 @@ class ComfyDenoiser:
 
         c = dict(self._template)
         mc = dict(c["model_conds"])
-        if self.pooled_width and self._kind == "flux":
+        if self.pooled_width and self._kind == "vector":
             # Flux: the pooled CLIP-L vector is the model's vector input y; the T5 sequence its context
             mc["y"] = comfy.conds.CONDRegular(emb[:, -1, :self.pooled_width])
             mc["c_crossattn"] = type(mc["c_crossattn"])(emb[:, :-1].to(self.device))
@@ -147,29 +148,24 @@ class ComfyDenoiser:
 
 def sampling_kind(model_sampling) -> str:
     """"eps", "v" or "flow" (CONST: x = (1 - sigma) x0 + sigma eps, Flux / SD3) for a ComfyUI model_sampling: the
-    math the loops use (models.prediction_of; any other kind is treated as eps: the families the nodes accept have
+    math the loops use (families.prediction_of; any other kind is treated as eps: the families the nodes accept have
     only these three)."""
-    from .models import prediction_of
-
     kind = prediction_of(model_sampling)
     return kind if kind in ("flow", "v") else "eps"
 
 
 def _takes_pooled(model) -> str:
-    """"sdxl" (the ADM input starts with the pooled vector), "flux" (the pooled CLIP-L vector is the input y) or
-    "" for a BaseModel."""
-    import comfy.model_base
-
-    if isinstance(model, comfy.model_base.SDXL):
-        return "sdxl"
-    if isinstance(model, comfy.model_base.Flux):
-        return "flux"
-    return ""
+    """How a model (BaseModel or MODEL) takes the pooled text vector, from its family record: "adm" (SDXL: the ADM
+    input starts with it), "vector" (Flux: the model's vector input y) or "none"."""
+    fam = family_of(model)
+    return fam.pooled if fam is not None else "none"
 
 
-def _is_mmdit(model_patcher) -> bool:
-    """True for ComfyUI's Flux models (joint-attention MM-DiT; comfy_bridge/flux_attention.py binds the edits)."""
-    return _takes_pooled(getattr(model_patcher, "model", None)) == "flux"
+def _binder(model_patcher) -> str:
+    """The attention binder of a MODEL's family ("unet" or "joint"; "unet" for a model of no registered family,
+    which the nodes refuse before they get here)."""
+    fam = family_of(model_patcher)
+    return fam.binder if fam is not None else "unet"
 
 
 def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
@@ -177,24 +173,20 @@ def pooled_width(model, pooled: Optional[torch.Tensor]) -> int:
     with the pooled bigG output, P = 1280; Flux: the pooled CLIP-L output is its vector input y, P = 768), 0 for
     models that ignore it (SD1.x, SD2.x). ``model``: a BaseModel; ``pooled``: the conditioning's ``pooled_output``
     [1, P] (ValueError when it has none)."""
-    kind = _takes_pooled(model)
-    if not kind:
+    if _takes_pooled(model) == "none":
         return 0
     if pooled is None:
-        raise ValueError(f"this {'SDXL' if kind == 'sdxl' else 'Flux'} conditioning has no pooled output; encode the "
-                         "prompts with CLIP Text Encode from the checkpoint's CLIP")
+        raise ValueError(f"this {family_of(model).short} conditioning has no pooled output; encode the prompts with "
+                         "CLIP Text Encode from the checkpoint's CLIP")
     return int(pooled.shape[-1])
 
 
 def model_pooled_width(model_patcher) -> int:
     """The pooled-vector width P a MODEL takes in its ADM input (SDXL: adm_in_channels - 6 x 256 = 1280), 0 for
     models without one."""
-    import comfy.model_base
-
-    model = model_patcher.model
-    if not isinstance(model, comfy.model_base.SDXL):
+    if _takes_pooled(model_patcher) != "adm":
         return 0
-    return int(model.adm_channels) - 6 * 256
+    return int(model_patcher.model.adm_channels) - 6 * 256
 
 
 def adm_vector(model_patcher, pooled: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -240,7 +232,7 @@ class ComfyRunner:
     def __init__(self, model_patcher, conditioning, controller=None):
         self.conditioning = conditioning
         self.controller = None
-        if controller is not None and _is_mmdit(model_patcher):
+        if controller is not None and _binder(model_patcher) == "joint":
             self.controller = controller  # installed in run(), which knows the latent's size
         elif controller is not None:
             from .attention import install_controller
@@ -257,9 +249,9 @@ class ComfyRunner:
 
         model = self.model_patcher
         if self.controller is not None:
-            from .flux_attention import install_flux_controller
+            from .joint_attention import install_joint_controller
 
-            model = install_flux_controller(model, self.controller, int(self.conditioning[0][0].shape[1]),
+            model = install_joint_controller(model, self.controller, int(self.conditioning[0][0].shape[1]),
                                             tuple(latent.shape[-2:]), self.controller.mmdit_blocks)
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(self.conditioning, self.conditioning)
@@ -380,41 +372,42 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
 
 
 def check_method(model_patcher, method: str) -> None:
-    """ValueError when an inversion method does not fit the model: the rectified-flow methods (rf_euler,
-    rf_solver, fireflow) need a flow model (Flux), null_text / negative_prompt / ddim a diffusion model (SD1.x /
-    SD2.x / SDXL); direct serves both."""
+    """ValueError when an inversion method does not fit the model, by its family record's ``inversion_methods``:
+    the rectified-flow methods (rf_euler, rf_solver, fireflow) need a flow model (Flux), null_text /
+    negative_prompt / ddim a diffusion model with classifier-free guidance (SD1.x / SD2.x / SDXL); direct serves
+    both. A model of no registered family is judged by its prediction kind."""
     from ..inversion.core import DIFFUSION_METHODS, FLOW_MODEL_METHODS, METHODS
-    from ..inversion.flow import FLOW_METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; choose one of {METHODS}")
+    fam = family_of(model_patcher)
     flow = sampling_kind(model_patcher.get_model_object("model_sampling")) == "flow"
-    if flow and method not in FLOW_MODEL_METHODS:
+    allowed = fam.inversion_methods if fam is not None else (FLOW_MODEL_METHODS if flow else DIFFUSION_METHODS)
+    if method in allowed:
+        return
+    name = fam.short if fam is not None else "this model"
+    if flow:
         raise ValueError(f"'{method}' inverts diffusion models with classifier-free guidance; this is a "
-                         f"rectified-flow model (Flux: its guidance is an embedding, there is no unconditional "
-                         f"branch to optimise): choose one of {', '.join(FLOW_MODEL_METHODS)}")
-    if not flow and method in FLOW_METHODS:
-        raise ValueError(f"'{method}' is a rectified-flow inversion (Flux); for this diffusion model choose one of "
-                         f"{', '.join(DIFFUSION_METHODS)}")
+                         f"rectified-flow model ({name}: its guidance is an embedding, there is no unconditional "
+                         f"branch to optimise): choose one of {', '.join(allowed)}")
+    raise ValueError(f"'{method}' is a rectified-flow inversion (Flux); for this diffusion model ({name}) choose one "
+                     f"of {', '.join(allowed)}")
 
 
 def _record_model(inv, model_patcher):
-    from .models import model_family, prediction_type
-
-    inv.family, inv.prediction = model_family(model_patcher), prediction_type(model_patcher)
+    inv.family, inv.prediction = family_key(model_patcher), prediction_type(model_patcher)
     return inv
 
 
 def check_inversion_model(inversion, model_patcher, node: str = "") -> None:
     """ValueError when ``inversion`` was made with a model of another family or prediction type than
     ``model_patcher`` (what was recorded; inversions saved before the pack recorded it are not checked)."""
-    from .models import SHORT_NAMES, model_family, prediction_type
-
-    family, pred = model_family(model_patcher), prediction_type(model_patcher)
+    family, pred = family_key(model_patcher), prediction_type(model_patcher)
     head = f"{node}: " if node else ""
     if inversion.family and inversion.family != family:
-        was, now = SHORT_NAMES.get(inversion.family, inversion.family), SHORT_NAMES.get(family, family)
-        raise ValueError(f"{head}this inversion was made with an {was} model but the MODEL connected here is {now}; "
+        was, now = short_name(inversion.family), short_name(family)
+        art = FAMILIES[inversion.family].article if inversion.family in FAMILIES else "a"
+        raise ValueError(f"{head}this inversion was made with {art} {was} model but the MODEL connected here is {now}; "
                          f"edit with the model the image was inverted with, or invert the image again with this one")
     if inversion.prediction and inversion.prediction != pred:
         raise ValueError(f"{head}this inversion was made with a {inversion.prediction}-prediction model but the "

@@ -18,11 +18,12 @@ from typing import Optional
 import torch
 
 from .progress import is_interrupt, throw_if_interrupted
+from .families import require
 from .sampling import adm_vector, make_weights_autograd_safe, model_pooled_width
 
 __all__ = ["TrainingSession", "training_clone", "add_delta_wrappers", "add_lora_adapters", "weight_keys",
            "base_weight", "diffusers_key_map", "lora_patches", "encode_images", "vae_factor", "model_latent",
-           "copy_layer_norm_inputs", "context_dim", "has_adm"]
+           "copy_layer_norm_inputs", "context_dim"]
 
 
 def training_clone(model_patcher):
@@ -33,11 +34,6 @@ def training_clone(model_patcher):
     if callable(is_dynamic) and is_dynamic():
         return model_patcher.clone(disable_dynamic=True)
     return model_patcher.clone()
-
-
-def has_adm(model_patcher) -> bool:
-    """True for models that need extra (ADM) conditioning, e.g. SDXL's pooled text and size embedding."""
-    return bool(getattr(model_patcher.model, "adm_channels", 0))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -93,10 +89,12 @@ class TrainingSession(contextlib.AbstractContextManager):
     Why not ComfyUI's sampler (as sampling.ComfyRunner does for inversion): training needs random noise levels per
     example and a backward pass per step, not a sigma schedule; calling ``apply_model`` of the loaded model is the
     plainer loop. Sampling-time patches of other nodes are therefore not applied during training; weight patches
-    (LoRAs) are. ValueError for models that need extra (ADM) conditioning."""
+    (LoRAs) are. ValueError, on entry, for a MODEL whose family record (comfy_bridge.families) leaves it out of node
+    group ``group`` ("train": concept training; "imagic": Imagic's fine-tune and embedding optimisation)."""
 
-    def __init__(self, model_patcher, clip=None, gradient_checkpointing: bool = False):
+    def __init__(self, model_patcher, clip=None, gradient_checkpointing: bool = False, group: str = "train"):
         self.mp = model_patcher
+        self.group = group
         self.clip = clip
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self._stack = contextlib.ExitStack()
@@ -120,10 +118,8 @@ class TrainingSession(contextlib.AbstractContextManager):
 
         self._stack.enter_context(torch.inference_mode(False))
         self._stack.enter_context(torch.enable_grad())
+        require("Concept training" if self.group == "train" else "Imagic", self.mp, self.group)
         self._pooled = model_pooled_width(self.mp)
-        if has_adm(self.mp) and not self._pooled:
-            raise ValueError("this model needs extra (ADM) conditioning other than SDXL's; concept training supports "
-                             "SD1.x, SD2.x and SDXL models")
         models = [self.mp] + ([self.clip.patcher] if self.clip is not None else [])
         mm.load_models_gpu(models, force_full_load=True)  # both at once: neither evicts the other later
         make_weights_autograd_safe(self.mp.model.diffusion_model)

@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -470,14 +471,44 @@ def _install_quiet_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.PathLike | None = None,
-        source_prompt: str | None = None, edited_prompt: str | None = None, mode: str | None = None,
-        ckpt: str | os.PathLike | None = None, seed: int | None = None, steps: int | None = None,
-        num_inner_steps: int | None = None, method: str | None = None, size: str | int | tuple | None = None,
-        out: str | os.PathLike = "out", toy_weights: str | None = None, base_dir: str | os.PathLike | None = None,
-        cpu: bool | None = None, threads: int | None = None, references: list | None = None,
-        train_steps: int | None = None, scene: str | None = None, photo: bool = False, say=print) -> RunResult:
+@dataclass
+class RunOptions:
+    """What one run of :func:`run` may change (every field None: the workflow's own values, or the tiny model's
+    defaults). image: the photo to edit (a path); source_prompt / edited_prompt / mode: the edit; ckpt: an SD1.x
+    checkpoint file to load instead of the embedded tiny model; seed, steps, num_inner_steps, method: the inversion
+    and sampling settings; size: "WxH", "N" or (w, h) pixels the photo is scaled to; out: the output folder;
+    toy_weights: the ToyWorld loader's weights choice; base_dir: the host's base folder; cpu / threads: the device
+    and torch threads; references: paths of a concept's pictures for the training workflows; train_steps: the
+    training nodes' steps; scene: a ToyWorld caption rendered as the photo; photo: scikit-image's cat photo as the
+    image."""
+
+    image: str | os.PathLike | None = None
+    source_prompt: str | None = None
+    edited_prompt: str | None = None
+    mode: str | None = None
+    ckpt: str | os.PathLike | None = None
+    seed: int | None = None
+    steps: int | None = None
+    num_inner_steps: int | None = None
+    method: str | None = None
+    size: str | int | tuple | None = None
+    out: str | os.PathLike = "out"
+    toy_weights: str | None = None
+    base_dir: str | os.PathLike | None = None
+    cpu: bool | None = None
+    threads: int | None = None
+    references: list | None = None
+    train_steps: int | None = None
+    scene: str | None = None
+    photo: bool = False
+
+
+def run(workflow: str | os.PathLike | Mapping[str, Any], options: RunOptions | None = None, *, say=print,
+        **fields) -> RunResult:
     """Runs a workflow in-process through ComfyUI's executor and returns the PNGs it wrote into *out*.
+
+    *options*: a :class:`RunOptions`; keyword *fields* set (or override) single fields of it
+    (``run("p2p_word_swap", steps=3)``), a name that is no field is a TypeError.
 
     *workflow*: a shipped name, a path, or an API prompt dict. Without *ckpt*, the embedded tiny model replaces
     the checkpoint loader (see the module docstring). *references*: paths of the concept's pictures for
@@ -488,6 +519,19 @@ def run(workflow: str | os.PathLike | Mapping[str, Any], *, image: str | os.Path
     main SaveImage's images (reconstruction, edits) are written side by side after the source image
     (``<prefix>_side_by_side.png``; RunResult.side_by_side), and for a scene the judge's reading of each is
     reported. *say* prints the notices. Raises RunnerError (clear message) or host.WorkflowError on failure."""
+    try:
+        opts = dataclasses.replace(options or RunOptions(), **fields)
+    except TypeError as exc:
+        raise TypeError(f"run(): {exc}; the options are the fields of RunOptions") from None
+    return _run(workflow, opts, say)
+
+
+def _run(workflow, o: RunOptions, say) -> RunResult:
+    """:func:`run` with its options resolved."""
+    image, source_prompt, edited_prompt, mode, ckpt = o.image, o.source_prompt, o.edited_prompt, o.mode, o.ckpt
+    seed, steps, num_inner_steps, method, size, out = o.seed, o.steps, o.num_inner_steps, o.method, o.size, o.out
+    toy_weights, base_dir, cpu, threads, references = o.toy_weights, o.base_dir, o.cpu, o.threads, o.references
+    train_steps, scene, photo = o.train_steps, o.scene, o.photo
     t0 = time.perf_counter()
     prompt = load_workflow(workflow) if not isinstance(workflow, Mapping) else copy.deepcopy(dict(workflow))
     notices: list[str] = []
@@ -860,11 +904,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = workflow_path(args.workflow)
         print(f"[attention_edit] workflow: {path}")
-        res = run(str(path), image=args.image, source_prompt=args.source_prompt, edited_prompt=args.edited_prompt,
-                  mode=args.mode, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
-                  num_inner_steps=args.num_inner_steps, method=args.method, size=args.size, out=args.out,
-                  toy_weights=args.toy_weights, cpu=True if args.cpu else None, threads=args.threads,
-                  references=args.reference, train_steps=args.train_steps, scene=args.scene, photo=args.photo)
+        res = run(str(path), RunOptions(
+            image=args.image, source_prompt=args.source_prompt, edited_prompt=args.edited_prompt, mode=args.mode,
+            ckpt=args.ckpt, seed=args.seed, steps=args.steps, num_inner_steps=args.num_inner_steps,
+            method=args.method, size=args.size, out=args.out, toy_weights=args.toy_weights,
+            cpu=True if args.cpu else None, threads=args.threads, references=args.reference,
+            train_steps=args.train_steps, scene=args.scene, photo=args.photo))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -49,7 +49,7 @@ def encode(clip, prompt: str, what: str = "prompt", seq_len=None):
     if n > limit:
         raise ValueError(f"the {what} is {n} {st.name} tokens long; Prompt-to-Prompt needs at most {limit} (one "
                          f"{limit + st.offset + 1}-token sequence): shorten it")
-    if st.name != "T5":
+    if not st.variable_length:
         return bridge_text.encode(clip, prompt)
     return bridge_text.encode(clip, prompt, t5_length=seq_len or st.length_for(n))
 
@@ -57,8 +57,8 @@ def encode(clip, prompt: str, what: str = "prompt", seq_len=None):
 def empty_conditioning(clip, seq_len=None):
     """CONDITIONING of the empty prompt (the unconditional of CFG / null-text's start), at ``seq_len`` on a T5
     model so it batches with the edit's prompts."""
-    t5 = align.stream_of(clip.tokenizer).name == "T5"
-    return bridge_text.encode(clip, "", t5_length=seq_len if t5 else None)
+    sized = align.stream_of(clip.tokenizer).variable_length
+    return bridge_text.encode(clip, "", t5_length=seq_len if sized else None)
 
 
 def edit_length(clip, prompts) -> int:
@@ -74,20 +74,13 @@ def token_strings(clip, prompt: str) -> list:
     return align.token_labels(clip.tokenizer, prompt)
 
 
-#: the model families of the nodes that work on SD2.x too (epsilon and v-prediction)
-SD1_SD2 = ("sd1", "sd2")
-#: the families of the concept-training and Imagic nodes: SD1.x, SD2.x (epsilon and v) and SDXL
-TRAIN_FAMILIES = ("sd1", "sd2", "sdxl")
-#: the families of the inversion nodes and the P2P sampler: the three and Flux.1 (rectified flow, joint attention)
-EDIT_FAMILIES = TRAIN_FAMILIES + ("flux",)
+def supported(node: str, model, group: str):
+    """The MODEL's family record when node group ``group`` ("edit", "train", "imagic": comfy_bridge.families.GROUPS)
+    accepts it; else a ValueError naming the node, the MODEL's family and what to use instead, before any work
+    starts (comfy_bridge.families.require)."""
+    from ..comfy_bridge.families import require
 
-
-def supported(node: str, model, families=("sd1",)) -> None:
-    """ValueError naming the node, the MODEL's family and what the node supports (comfy_bridge.models
-    .require_supported), before any work starts."""
-    from ..comfy_bridge.models import require_supported
-
-    require_supported(node, model, families)
+    return require(node, model, group)
 
 
 def finite(node: str, **values) -> None:

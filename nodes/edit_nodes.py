@@ -15,7 +15,7 @@ from ..attention.recipe import (MASK_SOURCES, MMDIT_BLOCKS, EditSpec, LocalBlend
                                 split_words)
 from ..comfy_bridge import models as bridge_models
 from ..comfy_bridge import sampling as bridge_sampling
-from .common import (EDIT_FAMILIES, CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
+from .common import (CATEGORY, AttentionMaps, AttentionMapsValue, Inversion, P2PEdit, Progress,
                      check_finite_latent, edit_length, encode, finite, latent_samples, supported, token_strings)
 
 
@@ -232,7 +232,7 @@ class AE_P2PEditSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, edit=None, steps=0, latent=None) -> io.NodeOutput:
-        supported("Prompt-to-Prompt Edit Sampler", model, EDIT_FAMILIES)
+        supported("Prompt-to-Prompt Edit Sampler", model, "edit")
         bridge_sampling.check_inversion_model(inversion, model, "Prompt-to-Prompt Edit Sampler")
         inversion.check_compatible(steps=steps or None,
                                    latent_shape=latent_samples(latent).shape if latent is not None else None)
@@ -253,9 +253,10 @@ def run_edit(model, clip, inversion, edit=None, progress=None):
     conds = []
     prompts = [inversion.source_prompt]
     if edit is not None:
-        controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N)
         L = edit_length(clip, [inversion.source_prompt] + list(edit.target_prompts))
         conds = [encode(clip, p, "edited prompt", seq_len=L) for p in edit.target_prompts]
+        controller = build_controller(clip.tokenizer, inversion.source_prompt, edit, N,
+                                      text_len=int(conds[0][0][0].shape[1]) if conds else None)
         prompts += list(edit.target_prompts)
         inversion = _source_at_length(clip, inversion, L)
         if controller.local_blend is not None:
@@ -353,7 +354,7 @@ def _source_at_length(clip, inversion, seq_len: int):
     so padding changes every token's embedding a little, and the reconstruction drifts slightly from the
     inversion's); the log says so. To avoid it, invert with a source prompt of over 255 tokens too."""
     emb, extras = inversion.source_cond[0][0], inversion.source_cond[0][1]
-    if align.stream_of(clip.tokenizer).name != "T5" or int(emb.shape[1]) == int(seq_len):
+    if not align.stream_of(clip.tokenizer).variable_length or int(emb.shape[1]) == int(seq_len):
         return inversion
     logging.warning(f"[Attention Edit] Prompt-to-Prompt Edit Sampler: an edited prompt needs {seq_len} T5 tokens but "
                     f"the photo was inverted with a {emb.shape[1]}-token source; the source prompt is re-encoded at "

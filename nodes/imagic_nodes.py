@@ -23,7 +23,7 @@ from ..comfy_bridge import training as bridge_training
 from ..training import imagic as im
 from ..training.common import loss_plot
 from ..training.fit import TrainingInterrupted
-from .common import (CATEGORY, TRAIN_FAMILIES, Progress, check_finite_result, finite, model_file_path,
+from .common import (CATEGORY, Progress, check_finite_result, finite, model_file_path,
                      register_model_folder, supported)
 
 #: the pack's custom type carrying an Imagic run (training.imagic.Imagic)
@@ -87,7 +87,7 @@ def optimize_embedding(model, vae, image, target, name: str = "imagic", steps: i
     latent = _photo_latent(model, vae, image)
     x0 = bridge_training.model_latent(model, latent)
     mp = bridge_training.training_clone(model)
-    with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
+    with bridge_training.TrainingSession(mp, None, gradient_checkpointing, group="imagic") as sess:
         return im.optimize_embedding(sess, x0, latent, e_tgt, pooled, steps=steps, learning_rate=learning_rate,
                                      seed=seed, name=name, progress=progress,
                                      pooled_width=bridge_sampling.model_pooled_width(model))
@@ -112,7 +112,7 @@ def finetune(model, imagic, mode: str = "lora", rank: int = 8, steps: int = 500,
     else:
         deltas = bridge_training.add_delta_wrappers(mp, model, keys)
         params, constants = {im.file_key(k): v for k, v in deltas.items()}, {}
-    with bridge_training.TrainingSession(mp, None, gradient_checkpointing) as sess:
+    with bridge_training.TrainingSession(mp, None, gradient_checkpointing, group="imagic") as sess:
         return im.finetune(sess, x0, imagic, params, constants, mode=mode, rank=rank, steps=steps,
                            learning_rate=learning_rate, seed=seed, progress=progress, trained_tensors=len(keys))
 
@@ -203,7 +203,7 @@ class AE_ImagicOptimizeEmbedding(io.ComfyNode):
     def execute(cls, model, vae, image, target, name, steps, learning_rate, seed,
                 gradient_checkpointing) -> io.NodeOutput:
         finite("Imagic 1: Optimise Embedding", learning_rate=learning_rate)
-        supported("Imagic 1: Optimise Embedding", model, TRAIN_FAMILIES)
+        supported("Imagic 1: Optimise Embedding", model, "imagic")
         name = files.validate_name(name, "name")
         files.file_in_folder(imagic_dir(), name + ".safetensors")
         try:
@@ -279,7 +279,7 @@ class AE_ImagicFineTune(io.ComfyNode):
     def execute(cls, model, imagic, train, rank, steps, learning_rate, seed, gradient_checkpointing,
                 name="") -> io.NodeOutput:
         finite("Imagic 2: Fine-tune Model", learning_rate=learning_rate)
-        supported("Imagic 2: Fine-tune Model", model, TRAIN_FAMILIES)
+        supported("Imagic 2: Fine-tune Model", model, "imagic")
         if not im.is_imagic(imagic):
             raise ValueError("connect the imagic output of 'Imagic 1: Optimise Embedding' or 'Load Imagic'")
         name = files.validate_name((name or "").strip() or imagic.name or "imagic", "name")
@@ -422,7 +422,7 @@ class AE_ImagicLoad(io.ComfyNode):
     @classmethod
     def execute(cls, model, imagic_file, strength) -> io.NodeOutput:
         finite("Load Imagic", strength=strength)
-        supported("Load Imagic", model, TRAIN_FAMILIES)
+        supported("Load Imagic", model, "imagic")
         res = load_imagic(_imagic_path(imagic_file))
         im.target_embedding([[res.e_opt, {}]], bridge_training.context_dim(model), f"embedding in {imagic_file!r}")
         check_imagic_model(res, model)

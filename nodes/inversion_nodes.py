@@ -11,7 +11,7 @@ from ..comfy_bridge import text as bridge_text
 from ..comfy_bridge.sampling import P2P_DDIM, replay_schedule, schedule_names
 from ..inversion import store
 from ..inversion.core import DIRECT, METHODS, NULL_TEXT_MODES, inversion_advice
-from .common import (EDIT_FAMILIES, CATEGORY, Inversion, Progress, check_finite_latent, edit_length,
+from .common import (CATEGORY, Inversion, Progress, check_finite_latent, edit_length,
                      empty_conditioning, encode, finite, latent_samples, supported)
 
 
@@ -84,7 +84,7 @@ class AE_InvertImage(io.ComfyNode):
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
                 early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
         finite("Invert Image", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
-        supported("Invert Image", model, EDIT_FAMILIES)
+        supported("Invert Image", model, "edit")
         x = latent_samples(latent)
         inv = invert_image(model, clip, x, source_prompt, method=method, steps=steps, cfg=cfg, scheduler=scheduler,
                            num_inner_steps=num_inner_steps, early_stop_epsilon=early_stop_epsilon,
@@ -163,7 +163,7 @@ class AE_InvertImageBatch(io.ComfyNode):
     def execute(cls, model, clip, latent, source_prompt, method, steps, cfg, scheduler, num_inner_steps,
                 early_stop_epsilon, learning_rate, null_text_mode="fast") -> io.NodeOutput:
         finite("Invert Images (Batch)", cfg=cfg, early_stop_epsilon=early_stop_epsilon, learning_rate=learning_rate)
-        supported("Invert Images (Batch)", model, EDIT_FAMILIES)
+        supported("Invert Images (Batch)", model, "edit")
         x = latent_samples(latent)
         prompts = batch_prompts(source_prompt, x.shape[0])
         invs = invert_images(model, clip, x, prompts, method=method, steps=steps, cfg=cfg, scheduler=scheduler,

@@ -6,7 +6,8 @@ import os
 
 from comfy_api.latest import io
 
-from ..comfy_bridge import models as sd1x
+from ..comfy_bridge import models as unet_models
+from ..toyworld.shipped import SHIPPED_MODELS, load_shipped
 
 SHIPPED = "toyworld (shipped)"
 SHIPPED_MMDIT = "toyworld MM-DiT (shipped, Flux.1 architecture)"
@@ -17,32 +18,32 @@ RANDOM_FLUX = "random Flux.1 (untrained test model)"
 #: the random test models of the loader, by choice
 RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl", RANDOM_FLUX: "tiny_flux"}
 CHOICES = [SHIPPED, SHIPPED_MMDIT, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX]
-WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "weights",
-                            "toyworld.safetensors")
+#: the loader's shipped choices: entries of toyworld.shipped.SHIPPED_MODELS, and the random choice to suggest when the
+#: weights file is missing
+SHIPPED_CHOICES = {SHIPPED: ("toyworld", RANDOM), SHIPPED_MMDIT: ("toyworld_mmdit", RANDOM_FLUX)}
+WEIGHTS_PATH = SHIPPED_MODELS["toyworld"].path
 
 _CACHE: dict = {}
 
 
-def _shipped(choice: str, path: str, load, what: str, alternative: str):
-    """A shipped weights file loaded once per modification time; FileNotFoundError naming the file and the random
-    choice to use instead when it is missing."""
+def _shipped(choice: str):
+    """A shipped model (toyworld.shipped) loaded once per modification time of its file; FileNotFoundError naming
+    the file and the random choice to use instead when it is missing."""
+    name, alternative = SHIPPED_CHOICES[choice]
+    path = SHIPPED_MODELS[name].path
     if not os.path.exists(path):
-        raise FileNotFoundError(f"the shipped {what} weights are missing ({path}); reinstall the pack or pick "
+        raise FileNotFoundError(f"the shipped {name} weights are missing ({path}); reinstall the pack or pick "
                                 f"'{alternative}'")
     key = (choice, os.path.getmtime(path))
     if key not in _CACHE:
-        _CACHE[key] = load(path)
+        _CACHE[key] = load_shipped(name)
     return _CACHE[key]
 
 
 def load_toyworld(weights: str = SHIPPED, seed: int = 0):
     """(model_patcher, clip, vae) for a ``weights`` choice of the loader node (cached per choice and seed)."""
-    if weights == SHIPPED:
-        mp, clip, vae = _shipped(SHIPPED, WEIGHTS_PATH, sd1x.load_weights, "ToyWorld", RANDOM)
-    elif weights == SHIPPED_MMDIT:
-        from ..toyworld.train_mmdit import WEIGHTS as MMDIT_PATH, load_toyworld_mmdit
-
-        mp, clip, vae = _shipped(SHIPPED_MMDIT, MMDIT_PATH, load_toyworld_mmdit, "ToyWorld MM-DiT", RANDOM_FLUX)
+    if weights in SHIPPED_CHOICES:
+        mp, clip, vae = _shipped(weights)
     elif weights in RANDOM_CONFIGS:
         key = (weights, int(seed))
         if key not in _CACHE:
@@ -51,7 +52,7 @@ def load_toyworld(weights: str = SHIPPED, seed: int = 0):
 
                 _CACHE[key] = build_flux(RANDOM_CONFIGS[weights], seed=int(seed))
             else:
-                _CACHE[key] = sd1x.build_sd1x(sd1x.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
+                _CACHE[key] = unet_models.build_unet(unet_models.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
         mp, clip, vae = _CACHE[key]
     else:
         raise ValueError(f"unknown weights choice {weights!r}; expected one of {CHOICES}")

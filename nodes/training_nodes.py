@@ -23,7 +23,7 @@ from ..training import custom_diffusion as cd
 from ..training import textual_inversion as ti
 from ..training.common import TEMPLATES, build_pool, collect_images, loss_plot, prepare_pixels
 from ..training.fit import TrainingInterrupted
-from .common import (CATEGORY, TRAIN_FAMILIES, Progress, check_finite_result, finite, model_file_path,
+from .common import (CATEGORY, Progress, check_finite_result, finite, model_file_path,
                      register_model_folder, supported)
 
 #: folder_paths name of the pack's concept folder (models/attention_edit_concepts/)
@@ -297,7 +297,7 @@ class AE_TrainTextualInversion(io.ComfyNode):
                 seed, templates, resolution, gradient_checkpointing) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
         finite("Train Textual Inversion", learning_rate=_one(learning_rate))
-        supported("Train Textual Inversion", model, TRAIN_FAMILIES)
+        supported("Train Textual Inversion", model, "train")
         name = files.validate_name(_one(name), "name")
         folder = embeddings_dir()
         path = files.file_in_folder(folder, name + ".safetensors")
@@ -397,7 +397,7 @@ class AE_TrainCustomDiffusion(io.ComfyNode):
                 class_images=None) -> io.NodeOutput:
         model, clip, vae = _one(model), _one(clip), _one(vae)
         finite("Train Custom Diffusion", learning_rate=_one(learning_rate), prior_loss_weight=_one(prior_loss_weight))
-        supported("Train Custom Diffusion", model, TRAIN_FAMILIES)
+        supported("Train Custom Diffusion", model, "train")
         name = files.validate_name(_one(name), "name")
         folder = concepts_dir()
         files.file_in_folder(folder, name + ".safetensors")
@@ -462,7 +462,7 @@ class AE_LoadCustomDiffusion(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, concept, strength) -> io.NodeOutput:
         finite("Load Custom Diffusion Concept", strength=strength)
-        supported("Load Custom Diffusion Concept", model, TRAIN_FAMILIES)
+        supported("Load Custom Diffusion Concept", model, "train")
         path = _concept_path(concept)
         c = load_concept(path)
         deltas, tokens = resolve_concept(c, model, clip, what=f"concept {concept!r}")
@@ -496,7 +496,7 @@ class AE_ExportCustomDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concept, folder) -> io.NodeOutput:
-        supported("Export Custom Diffusion (diffusers)", model, TRAIN_FAMILIES)
+        supported("Export Custom Diffusion (diffusers)", model, "train")
         path = _concept_path(concept)
         stem = os.path.splitext(os.path.basename(concept))[0]
         name = files.validate_name(folder.strip() or stem, "folder name")

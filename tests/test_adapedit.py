@@ -7,7 +7,7 @@ import torch
 from attention_edit.attention import adapedit
 from attention_edit.attention.recipe import DPSSpec, EditSpec, build_controller, fwt_schedule
 from attention_edit.comfy_bridge.sampling import invert
-from attention_edit.comfy_bridge.models import build_sd1x
+from attention_edit.comfy_bridge.models import build_unet
 from attention_edit.comfy_bridge.sampling import edit
 from attention_edit.comfy_bridge.sampling import replay_schedule
 
@@ -75,7 +75,7 @@ def test_dps_interpolation_limits():
 def setup(request):
     from attention_edit.comfy_bridge.models import CONFIGS
 
-    m, clip, vae = build_sd1x(CONFIGS[request.param], seed=0)
+    m, clip, vae = build_unet(CONFIGS[request.param], seed=0)
     from attention_edit.headless.photos import photo
 
     with torch.no_grad():

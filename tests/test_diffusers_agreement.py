@@ -1,9 +1,9 @@
 """The pack's DDIM inversion and CFG DDIM replay agree with diffusers, given identical (tiny) UNet weights.
 
-Setup, per family: the tiny SD1.x model of ``build_sd1x(TINY_TEST, seed=0)``, the tiny SD2.x v-prediction model
-``build_sd1x(TINY_SD2_V, seed=0)`` (ComfyUI's SD20 config, OpenCLIP-H tokenizer, linear transformer projections;
+Setup, per family: the tiny SD1.x model of ``build_unet(TINY_TEST, seed=0)``, the tiny SD2.x v-prediction model
+``build_unet(TINY_SD2_V, seed=0)`` (ComfyUI's SD20 config, OpenCLIP-H tokenizer, linear transformer projections;
 diffusers' schedulers then run with prediction_type="v_prediction" on the UNet's raw v output) and the tiny SDXL
-model ``build_sd1x(TINY_SDXL, seed=0)`` (ComfyUI's SDXL config; diffusers gets the UNet StableDiffusionXLPipeline
+model ``build_unet(TINY_SDXL, seed=0)`` (ComfyUI's SDXL config; diffusers gets the UNet StableDiffusionXLPipeline
 builds, addition_embed_type "text_time", with the pooled bigG output and the time ids [h, w, 0, 0, h, w] ComfyUI's
 CLIP Text Encode implies; latent scale 0.13025); its UNet weights are converted to
 ``diffusers.UNet2DConditionModel`` (testing/diffusers_bridge.py, diffusers' own ldm converter). Text embeddings
@@ -69,11 +69,12 @@ def setup(request):
 def _setup(config):
     torch.manual_seed(0)
     t0 = time.time()
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x, prediction_type
+    from attention_edit.comfy_bridge.families import prediction_type
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
     from attention_edit.headless.photos import photo
 
     cfg = CONFIGS[config]
-    mp, clip, vae = build_sd1x(cfg, seed=0)
+    mp, clip, vae = build_unet(cfg, seed=0)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     image = photo("cat", cfg.image_size)  # [1, 64, 64, 3] in [0, 1]

@@ -33,11 +33,12 @@ def family(request, comfy, _cat64):
 
         m, clip, vae = build_flux("tiny_flux", seed=0)
     else:
-        from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x, prediction_type
+        from attention_edit.comfy_bridge.families import prediction_type
+        from attention_edit.comfy_bridge.models import CONFIGS, build_unet
 
         cfg = (dataclasses.replace(CONFIGS["tiny_sd2_v"], name="tiny_sd2_eps", prediction="eps")
                if request.param == "tiny_sd2_eps" else CONFIGS[request.param])
-        m, clip, vae = build_sd1x(cfg, seed=0)
+        m, clip, vae = build_unet(cfg, seed=0)
         assert prediction_type(m) == ("v" if request.param == "tiny_sd2_v" else "eps")
     with torch.no_grad():
         latent = vae.encode(_cat64[..., :3]).detach()
@@ -95,11 +96,11 @@ def test_direct_inversion_survives_save_and_load(family):
 def test_direct_inversion_of_a_batch_keeps_each_photos_path(comfy, _cat64):
     """Invert Images (Batch) with method direct: each photo gets its own path, the one it gets alone (to rounding),
     and each edit's source row ends on its own photo's latent."""
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
     from attention_edit.comfy_bridge.sampling import edit, invert, invert_batch, replay_schedule
     from attention_edit.headless.photos import photo
 
-    m, clip, vae = build_sd1x(CONFIGS["tiny_test"], seed=0)
+    m, clip, vae = build_unet(CONFIGS["tiny_test"], seed=0)
     with torch.no_grad():
         lats = [vae.encode(img[..., :3]).detach() for img in (_cat64, photo("coffee", 64))]
     prompts = [SOURCE, "a photo of a cup of coffee"]

@@ -34,7 +34,7 @@ def _invert(f, method, steps, scheduler="simple"):
 
 
 def test_the_tiny_model_is_comfyuis_flux(flux):
-    from attention_edit.comfy_bridge.models import model_family, prediction_type
+    from attention_edit.comfy_bridge.families import family_key as model_family, prediction_type
 
     m, cond = flux["m"], flux["cond"]
     assert (model_family(m), prediction_type(m)) == ("flux", "flow")
@@ -91,10 +91,10 @@ def test_diffusion_methods_and_schedules_are_refused_on_flux(flux, method, sched
 
 
 def test_flow_methods_are_refused_on_a_diffusion_model(comfy):
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_unet
     from attention_edit.comfy_bridge.sampling import invert, replay_schedule
 
-    m, clip, vae = build_sd1x(TINY_TEST, seed=0)
+    m, clip, vae = build_unet(TINY_TEST, seed=0)
     c = clip.encode_from_tokens_scheduled(clip.tokenize(SOURCE))
     with pytest.raises(ValueError, match="rectified-flow inversion"):
         invert(m, torch.zeros(1, 4, 8, 8), c, c, replay_schedule(m, "p2p_ddim", 3), method="rf_solver")
@@ -226,18 +226,17 @@ def test_word_swap_injects_the_mapped_source_maps_and_rows_stay_normalised(flux,
     text-query rows and the source row are untouched; image->image injection copies the source's block."""
     from attention_edit.attention.controllers import LayerInfo
     from attention_edit.attention.recipe import EditSpec, build_controller
-    from attention_edit.comfy_bridge.flux_attention import JointAttentionControl
+    from attention_edit.attention.joint import joint_probs
 
     spec = EditSpec(target_prompts=("a photo of a dog",), cross_replace_steps=0.5, self_replace_steps=0.5)
     ctrl = build_controller(flux["clip"].tokenizer, SOURCE, spec, STEPS)
     T, hw = 256, (8, 8)
-    jc = JointAttentionControl(ctrl, T, hw)
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 2, T + 16, 32, generator=g), torch.randn(2, 2, T + 16, 32, generator=g)
     plain = torch.softmax(q @ k.transpose(-1, -2) * 32 ** -0.5, -1)
     for step, inside in ((0, True), (5, False)):
         info = LayerInfo(step, STEPS, True, (4, 4), hw)
-        p = jc.joint_probs(q, k, info, self_on=inside)
+        p = joint_probs(ctrl, q, k, T, info, self_on=inside)
         assert torch.allclose(p.sum(-1), torch.ones(2, 2, T + 16), atol=1e-5)
         assert torch.equal(p[:, :, :T], plain[:, :, :T])  # text queries
         assert torch.equal(p[0], plain[0])  # the source row
@@ -351,7 +350,7 @@ def test_head_groups_give_the_same_edit(flux, inv, monkeypatch):
     """Computing the edited probabilities one head at a time (a small memory budget) gives the same edit and the
     same recorded maps as all heads at once."""
     from attention_edit.attention.recipe import EditSpec
-    from attention_edit.comfy_bridge.flux_attention import JointAttentionControl, head_group
+    from attention_edit.comfy_bridge.joint_attention import JointAttentionControl, head_group
 
     assert head_group(2, 24, 4352, 1 << 30) == 6 and head_group(2, 24, 4352, 1) == 1  # 151 MB per head
     spec = EditSpec(target_prompts=("a photo of a dog",), self_replace_steps=0.5, equalizer=(("dog", 3.0),))
@@ -367,7 +366,7 @@ def test_schnell_architecture_inverts_and_edits_at_few_steps(comfy):
     sampling): a 4-step RF-Solver inversion and a word swap run; the inversion advice applies (few steps)."""
     from attention_edit.attention.recipe import EditSpec, build_controller
     from attention_edit.comfy_bridge.flux_models import build_flux
-    from attention_edit.comfy_bridge.models import model_family, prediction_type
+    from attention_edit.comfy_bridge.families import family_key as model_family, prediction_type
     from attention_edit.comfy_bridge.sampling import edit, invert, replay_schedule
     from attention_edit.headless.photos import photo
     from attention_edit.inversion.core import inversion_advice

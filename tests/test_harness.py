@@ -193,9 +193,9 @@ def test_registered_objects_feed_a_workflow(comfy):
 
 @pytest.fixture(scope="module")
 def tiny_sd(comfy):
-    """(model_patcher, clip, vae) of models/sd1x.py TINY_TEST, built directly (no loader node)."""
-    from attention_edit.comfy_bridge import models as sd1x
-    return sd1x.build_sd1x(sd1x.TINY_TEST)
+    """(model_patcher, clip, vae) of comfy_bridge/models.py TINY_TEST, built directly (no loader node)."""
+    from attention_edit.comfy_bridge import models as unet_models
+    return unet_models.build_unet(unet_models.TINY_TEST)
 
 
 def test_ksampler_in_process_with_registered_sd1x(comfy, tiny_sd):

@@ -73,10 +73,10 @@ def photo(comfy_server):
 @pytest.fixture(scope="module")
 def tiny_shapes(comfy):
     """Parameter shapes of the tiny random model the server's AE_ToyWorldLoader builds (same config)."""
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_unet
     from attention_edit.comfy_bridge.training import parameter_shapes
 
-    mp, clip, _ = build_sd1x(TINY_TEST, seed=0)
+    mp, clip, _ = build_unet(TINY_TEST, seed=0)
     return parameter_shapes(mp), clip
 
 
@@ -244,11 +244,11 @@ def test_a_non_finite_result_stops_the_run_naming_the_node(comfy, tiny_shapes):
     Sampler produce an infinite latent: the run stops with a message naming the node and what to check."""
     import dataclasses
 
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_unet
     from attention_edit.comfy_bridge.sampling import invert, replay_schedule
     from attention_edit.comfy_bridge.text import encode
 
-    mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
+    mp, clip, vae = build_unet(TINY_TEST, seed=0)
     src, empty = encode(clip, "a photo of a cat"), encode(clip, "")
     latent = torch.zeros(1, 4, 8, 8)
     inv = invert(mp, latent, src, empty, replay_schedule(mp, "p2p_ddim", 2), method="ddim",
@@ -369,7 +369,8 @@ def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_s
     model's family and what is supported."""
     import nodes as comfy_nodes
 
-    from attention_edit.comfy_bridge.models import build_tiny_sdxl_refiner, model_family
+    from attention_edit.comfy_bridge.families import family_key as model_family
+    from attention_edit.comfy_bridge.models import build_tiny_sdxl_refiner
 
     flux = build_tiny_sdxl_refiner()
     assert model_family(flux) == "SDXLRefiner"
@@ -388,6 +389,6 @@ def test_every_model_node_refuses_a_model_family_it_cannot_handle(comfy, comfy_s
         short = spec["display_name"].split(" (")[0]  # "Invert Image (Null-text / DDIM)" -> "Invert Image"
         assert msg.startswith(short) and ": this MODEL is SDXLRefiner" in msg and "SD1.x checkpoints" in msg, \
             (node_id, msg)
-        assert "SD3 are not supported yet" in msg, msg
+        assert "which the pack does not support" in msg and "Load a checkpoint of a supported family" in msg, msg
         tried.append(node_id)
     assert len(tried) >= 9, tried  # inversion, edit sampler, 2 trainers, concept load/export, 3 Imagic nodes

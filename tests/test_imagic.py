@@ -32,11 +32,11 @@ WIDTH = 64  # TINY_TEST text width (context_dim)
 
 @pytest.fixture(scope="module")
 def tiny(comfy):
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_unet
 
     torch.set_num_threads(1)
     with torch.inference_mode():
-        mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
+        mp, clip, vae = build_unet(TINY_TEST, seed=0)
         for n, p in mp.model.diffusion_model.named_parameters():
             if ".attn2.to_k." in n or ".attn2.to_v." in n:
                 p.mul_(4.0)

@@ -129,3 +129,65 @@ def test_pure_packages_do_not_touch_comfy_objects_internals(pkg):
             if isinstance(node, ast.Attribute) and (node.attr in attrs or node.attr.startswith("set_model_")):
                 hits.append(f"{f.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
     assert not hits, hits
+
+
+def _module_deps(path: Path) -> set:
+    """The pack's modules (dotted, without the package name) that one file imports, anywhere in it."""
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    pkg = list(rel[:-1]) if rel[-1] != "__init__" else list(rel[:-1])
+    out = set()
+
+    def add(parts):
+        parts = [p for p in parts if p]
+        while parts:
+            cand = ROOT.joinpath(*parts)
+            if cand.with_suffix(".py").is_file():
+                out.add(".".join(parts))
+                return
+            if (cand / "__init__.py").is_file():
+                return  # a package: its __init__ (nothing to follow for cycles between modules)
+            parts = parts[:-1]
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("attention_edit."):
+                    add(a.name.split(".")[1:])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module.split(".")[1:] if (node.module or "").startswith("attention_edit.") else None
+            else:
+                base = pkg[: len(pkg) - node.level + 1] + (node.module.split(".") if node.module else [])
+            if base is None:
+                continue
+            for a in node.names:
+                sub = ROOT.joinpath(*base, a.name).with_suffix(".py")
+                add(base + [a.name] if sub.is_file() else base)
+    me = ".".join(rel)
+    out.discard(me)
+    return out
+
+
+def test_no_two_modules_of_the_pack_import_each_other():
+    """No import cycle between the pack's modules (imports inside functions count too): each module can be read
+    with what it depends on below it (issue 27: comfy_bridge/models.py and flux_models.py imported each other)."""
+    graph = {}
+    for pkg in PRODUCT:
+        for path in _modules(pkg):
+            rel = path.relative_to(ROOT).with_suffix("").parts
+            graph[".".join(rel)] = _module_deps(path)
+    cycles, state = [], {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d] if d in stack else [m, d])
+            elif d not in state and d in graph:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -177,24 +177,24 @@ def test_invert_images_batch_node_refuses_a_prompt_count_that_does_not_match(com
 
 
 def test_sd2_and_sdxl_models_are_taken_and_flux_is_refused_naming_all_three(comfy):
-    """The per-node family check: SD2.x v-prediction and SDXL MODELs pass it, a Flux MODEL is refused by a node
-    that does not take Flux (concept training) with its family and the three supported families named."""
-    from attention_edit.comfy_bridge.models import build_tiny_flux_model, model_family, prediction_type, \
-        require_supported
-    from attention_edit.nodes.common import TRAIN_FAMILIES as EDIT_FAMILIES
+    """The per-node family check reads the family record: SD2.x v-prediction and SDXL MODELs pass the concept
+    training group, a Flux MODEL is refused by it with its family, the three supported families and what to use
+    instead named."""
+    from attention_edit.comfy_bridge.families import family_key, prediction_type, require
+    from attention_edit.comfy_bridge.flux_models import build_tiny_flux_model
     from attention_edit.nodes.toyworld_nodes import load_toyworld
 
     sd2, _, _ = load_toyworld(RANDOM_SD2_V)
     xl, _, _ = load_toyworld(RANDOM_SDXL)
-    assert (model_family(sd2), prediction_type(sd2)) == ("sd2", "v")
-    assert (model_family(xl), prediction_type(xl)) == ("sdxl", "eps")
+    assert (family_key(sd2), prediction_type(sd2)) == ("sd2", "v")
+    assert (family_key(xl), prediction_type(xl)) == ("sdxl", "eps")
     for m in (sd2, xl):
-        require_supported("Train Custom Diffusion", m, EDIT_FAMILIES)
+        assert require("Train Custom Diffusion", m, "train").key == family_key(m)
     with pytest.raises(ValueError) as e:
-        require_supported("Train Custom Diffusion", build_tiny_flux_model(), EDIT_FAMILIES)
+        require("Train Custom Diffusion", build_tiny_flux_model(), "train")
     msg = str(e.value)
-    assert msg.startswith("Train Custom Diffusion: this MODEL is Flux.1") and "SD1.x checkpoints" in msg and \
-        "SD2.x checkpoints" in msg and "SDXL checkpoints" in msg, msg
+    assert msg.startswith("Train Custom Diffusion: this MODEL is a Flux.1 model") and "SD1.x checkpoints" in msg and \
+        "SD2.x checkpoints" in msg and "SDXL checkpoints" in msg and "For Flux.1, use an SD1.x" in msg, msg
 
 
 @pytest.mark.parametrize("steps, cfg, method, notes", [

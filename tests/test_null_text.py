@@ -136,11 +136,11 @@ def test_sdxl_null_text_optimises_the_pooled_vector_or_keeps_it_exactly(comfy):
     sequence is optimised. A raw 77-row embedding is refused instead of being misread."""
     import pytest as _pytest
 
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
     from attention_edit.comfy_bridge.sampling import ComfyRunner, invert, replay_schedule, text_embedding
     from attention_edit.headless.photos import photo
 
-    m, clip, vae = build_sd1x(CONFIGS["tiny_sdxl"], seed=0)
+    m, clip, vae = build_unet(CONFIGS["tiny_sdxl"], seed=0)
     enc = lambda p: clip.encode_from_tokens_scheduled(clip.tokenize(p))  # noqa: E731
     src, empty = enc("a photo of a cat"), enc("")
     with torch.no_grad():

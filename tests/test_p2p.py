@@ -14,7 +14,7 @@ import comfy.samplers
 
 from attention_edit.attention.recipe import EditSpec, LocalBlendSpec, build_controller
 from attention_edit.comfy_bridge.sampling import invert
-from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+from attention_edit.comfy_bridge.models import CONFIGS, build_unet
 from attention_edit.comfy_bridge.sampling import edit
 from attention_edit.comfy_bridge.sampling import replay_schedule, text_embedding
 
@@ -24,7 +24,7 @@ SOURCE = "a photo of a cat"
 
 @pytest.fixture(scope="module", params=["tiny_test", "tiny_sd2_v", "tiny_sdxl"], ids=["sd1", "sd2_v", "sdxl"])
 def tiny(request):
-    m, clip, vae = build_sd1x(CONFIGS[request.param], seed=0)
+    m, clip, vae = build_unet(CONFIGS[request.param], seed=0)
     return m, clip, vae
 
 

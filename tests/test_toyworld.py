@@ -9,7 +9,7 @@ import comfy.cli_args
 
 comfy.cli_args.args.cpu = True
 
-from attention_edit.comfy_bridge import models as sd1x  # noqa: E402
+from attention_edit.comfy_bridge import models as unet_models  # noqa: E402
 from attention_edit.toyworld import judge, scenes  # noqa: E402
 
 
@@ -70,13 +70,13 @@ def test_judge_accuracy_on_ground_truth():
 def test_build_tiny_and_sample():
     import comfy.sample
 
-    mp, clip, vae = sd1x.build_sd1x(sd1x.TINY_TEST, seed=0)
-    mp2, clip2, vae2 = sd1x.build_sd1x(sd1x.TINY_TEST, seed=0)
-    a, b = sd1x.state_dicts(mp, clip, vae), sd1x.state_dicts(mp2, clip2, vae2)
+    mp, clip, vae = unet_models.build_unet(unet_models.TINY_TEST, seed=0)
+    mp2, clip2, vae2 = unet_models.build_unet(unet_models.TINY_TEST, seed=0)
+    a, b = unet_models.state_dicts(mp, clip, vae), unet_models.state_dicts(mp2, clip2, vae2)
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded init
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a big red circle on the left"))
     uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    assert cond[0][0].shape == (1, 77, sd1x.TINY_TEST.context_dim)
+    assert cond[0][0].shape == (1, 77, unet_models.TINY_TEST.context_dim)
     latent = torch.zeros(1, 4, 8, 8)
     noise = comfy.sample.prepare_noise(latent, 0)
     out = comfy.sample.sample(mp, noise, 4, 5.0, "euler", "normal", cond, uncond, latent, seed=0, disable_pbar=True)
@@ -86,13 +86,13 @@ def test_build_tiny_and_sample():
 
 
 def test_save_load_roundtrip(tmp_path):
-    mp, clip, vae = sd1x.build_sd1x(sd1x.TINY_TEST, seed=1)
+    mp, clip, vae = unet_models.build_unet(unet_models.TINY_TEST, seed=1)
     p = tmp_path / "tiny.safetensors"
-    sd1x.save_weights(p, mp, clip, vae)
-    cfg, sd, meta = sd1x.read_weights(p)
-    assert cfg == sd1x.TINY_TEST
-    mp2, clip2, vae2 = sd1x.load_weights(p)
-    a, b = sd1x.state_dicts(mp, clip, vae), sd1x.state_dicts(mp2, clip2, vae2)
+    unet_models.save_weights(p, mp, clip, vae)
+    cfg, sd, meta = unet_models.read_weights(p)
+    assert cfg == unet_models.TINY_TEST
+    mp2, clip2, vae2 = unet_models.load_weights(p)
+    a, b = unet_models.state_dicts(mp, clip, vae), unet_models.state_dicts(mp2, clip2, vae2)
     assert set(a) == set(b)
     assert all(torch.equal(a[k].half().float(), b[k].float()) for k in a)
 
@@ -116,9 +116,9 @@ def test_loader_shipped_weights_roundtrip(tmp_path):
     mp, clip, vae = load_toyworld(SHIPPED)
     assert mp.model.toy_config.name == "toyworld"
     p = tmp_path / "again.safetensors"
-    sd1x.save_weights(p, mp, clip, vae)
-    _, sd_a, _ = sd1x.read_weights(WEIGHTS_PATH)
-    _, sd_b, _ = sd1x.read_weights(p)
+    unet_models.save_weights(p, mp, clip, vae)
+    _, sd_a, _ = unet_models.read_weights(WEIGHTS_PATH)
+    _, sd_b, _ = unet_models.read_weights(p)
     assert set(sd_a) == set(sd_b)
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
@@ -128,7 +128,7 @@ def test_loader_offers_the_shipped_mmdit():
     input weight zero: trained with --no-pooled) on the ToyWorld VAE, under 25 MB; an RF-Solver inversion of a
     rendered scene reconstructs it within 1 dB of the VAE's own PSNR (20 steps, cfg 1)."""
     from attention_edit.bench import editbench as eb
-    from attention_edit.comfy_bridge.models import model_family
+    from attention_edit.comfy_bridge.families import family_key as model_family
     from attention_edit.nodes.toyworld_nodes import SHIPPED_MMDIT, AE_ToyWorldLoader
     from attention_edit.toyworld.train_mmdit import WEIGHTS
 
@@ -205,7 +205,7 @@ def test_mmdit_trainer_resumes_and_exports(tmp_path):
     assert again[-1] > steps[-1]
     path = str(tmp_path / "w.safetensors")
     run("--export", path)
-    from attention_edit.comfy_bridge.models import model_family
+    from attention_edit.comfy_bridge.families import family_key as model_family
     from attention_edit.toyworld.train_mmdit import TOYWORLD_WEIGHTS, load_toyworld_mmdit
 
     m, clip, vae = load_toyworld_mmdit(path)

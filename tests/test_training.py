@@ -1,6 +1,6 @@
 """Concept training (textual inversion, Custom Diffusion) inside a real in-process ComfyUI.
 
-The model is the tiny SD1.x model (``build_sd1x(TINY_TEST)``), built under ``torch.inference_mode()`` exactly as a
+The model is the tiny SD1.x model (``build_unet(TINY_TEST)``), built under ``torch.inference_mode()`` exactly as a
 loader node builds it (so its weights are inference tensors, the trap training must survive), with the attn2
 key/value weights scaled x4: at random initialisation cross-attention is nearly uniform over the 77 tokens and a
 new word barely moves the output; sharper attention, as in a trained model, lets the text matter. The reference
@@ -33,11 +33,11 @@ TEXT_DIM = 64  # TINY_TEST clip width
 
 @pytest.fixture(scope="module")
 def tiny(comfy):
-    from attention_edit.comfy_bridge.models import TINY_TEST, build_sd1x
+    from attention_edit.comfy_bridge.models import TINY_TEST, build_unet
 
     torch.set_num_threads(1)
     with torch.inference_mode():
-        mp, clip, vae = build_sd1x(TINY_TEST, seed=0)
+        mp, clip, vae = build_unet(TINY_TEST, seed=0)
         for n, p in mp.model.diffusion_model.named_parameters():
             if ".attn2.to_k." in n or ".attn2.to_v." in n:
                 p.mul_(4.0)

@@ -27,12 +27,12 @@ FAMILIES = [("tiny_sd2_v", "sd2"), ("tiny_sdxl", "sdxl")]
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f for _, f in FAMILIES])
 def model(comfy, request):
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
 
     torch.set_num_threads(1)
     name, family = request.param
     with torch.inference_mode():
-        mp, clip, vae = build_sd1x(CONFIGS[name], seed=0)
+        mp, clip, vae = build_unet(CONFIGS[name], seed=0)
         for n, p in mp.model.diffusion_model.named_parameters():
             if ".attn2.to_k." in n or ".attn2.to_v." in n:
                 p.mul_(4.0)
@@ -261,9 +261,9 @@ def test_imagic_optimises_the_whole_conditioning_and_fine_tunes(comfy, model):
     assert imagic.unet and all(k.startswith("diffusion_model.") for k in imagic.unet)
     assert res.value("f", 0).patches
     # Load Imagic with a model of another family is refused
-    from attention_edit.comfy_bridge.models import CONFIGS, build_sd1x
+    from attention_edit.comfy_bridge.models import CONFIGS, build_unet
 
-    other, _, _ = build_sd1x(CONFIGS["tiny_sdxl" if family != "sdxl" else "tiny_test"], seed=0)
+    other, _, _ = build_unet(CONFIGS["tiny_sdxl" if family != "sdxl" else "tiny_test"], seed=0)
     g2 = _objects(comfy, m=other)
     g2["l"] = {"class_type": "AE_ImagicLoad", "inputs": {"model": ["m", 0], "imagic_file": name + ".safetensors",
                                                          "strength": 1.0}}

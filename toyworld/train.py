@@ -153,19 +153,19 @@ def caption_token_ids(clip) -> list:
 class Trainer:
     def __init__(self, args):
         from ..comfy_bridge import host
-        from ..comfy_bridge import models as sd1x
+        from ..comfy_bridge import models as unet_models
         from ..comfy_bridge.training import copy_layer_norm_inputs
 
         self.args = args
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
         self.ckpt_path = os.path.join(self.out, "ckpt.safetensors")
-        self.cfg = sd1x.config_from_any(args.config)
+        self.cfg = unet_models.config_from_any(args.config)
         self.device = host.torch_device()
         init_sd = None
         if getattr(args, "init", ""):
-            self.cfg, init_sd, _ = sd1x.read_weights(args.init)
-        self.mp, self.clip, self.vae = sd1x.build_sd1x(self.cfg, seed=args.seed, dtype=torch.float32)
+            self.cfg, init_sd, _ = unet_models.read_weights(args.init)
+        self.mp, self.clip, self.vae = unet_models.build_unet(self.cfg, seed=args.seed, dtype=torch.float32)
         self.unet = self.mp.model.diffusion_model
         self.te = self.clip.cond_stage_model
         self._te_hooks = copy_layer_norm_inputs(self.te)  # ComfyUI's CLIP layers add residuals in place
@@ -188,7 +188,7 @@ class Trainer:
         self._init_phase_objects()
 
     def _load_init(self, sd):
-        """Loads a ``sd1x.save_weights`` state dict (fp16 upcast to fp32) into the three parts."""
+        """Loads a ``unet_models.save_weights`` state dict (fp16 upcast to fp32) into the three parts."""
         parts = {"model.diffusion_model.": self.unet, "clip.": self.te, "vae.": self.vae_model}
         for prefix, module in parts.items():
             sub = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
@@ -421,13 +421,13 @@ class Trainer:
     @torch.no_grad()
     def probe(self):
         """Exports EMA weights (fp16) and scores sampled prompts with the judge."""
-        from ..comfy_bridge import models as sd1x
+        from ..comfy_bridge import models as unet_models
 
         self.load_decoder()
         self.swap_ema()
         try:
             latest = os.path.join(self.out, "toyworld_latest.safetensors")
-            sd1x.save_weights(latest, self.mp, self.clip, self.vae,
+            unet_models.save_weights(latest, self.mp, self.clip, self.vae,
                               extra_metadata={"step": self.step, "phase": self.phase})
             res = probe_faithfulness(self.mp, self.clip, self.vae, n=self.args.probe_n, seed=1234,
                                      grid_path=os.path.join(self.out, f"probe_{self.step:06d}.png"))
@@ -504,15 +504,15 @@ DECODER_FILE = "decoder.safetensors"
 def decoder_finetune(args) -> None:
     """Trains post_quant_conv + decoder on (cached latent, image) pairs from the main checkpoint's frozen encoder;
     writes ``decoder.safetensors`` (atomic) every --ckpt-every seconds and on SIGTERM; resumable."""
-    from ..comfy_bridge import models as sd1x
+    from ..comfy_bridge import models as unet_models
     from . import scenes
 
     ckpt = os.path.join(args.out, "ckpt.safetensors")
     tensors, meta = load_ckpt(ckpt)
     if meta["phase"] != "unet":
         raise SystemExit("the main run has not finished its VAE phase yet")
-    cfg = sd1x.config_from_any(meta["config"])
-    _, _, vae = sd1x.build_sd1x(cfg, state_dict={"vae." + k[4:]: v for k, v in tensors.items() if k.startswith("vae/")},
+    cfg = unet_models.config_from_any(meta["config"])
+    _, _, vae = unet_models.build_unet(cfg, state_dict={"vae." + k[4:]: v for k, v in tensors.items() if k.startswith("vae/")},
                                 dtype=torch.float32)
     vm = vae.first_stage_model
     latents = tensors["latents"]
@@ -586,9 +586,9 @@ def decoder_finetune(args) -> None:
 
 
 def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
-    """Writes the fp16 weights file (sd1x.save_weights format) of a training run: EMA UNet + text encoder from
+    """Writes the fp16 weights file (unet_models.save_weights format) of a training run: EMA UNet + text encoder from
     ``ckpt.safetensors`` and the VAE with the fine-tuned decoder (``decoder.safetensors``) when there is one."""
-    from ..comfy_bridge import models as sd1x
+    from ..comfy_bridge import models as unet_models
 
     tensors, meta = load_ckpt(os.path.join(out_dir, "ckpt.safetensors"))
     if meta["phase"] != "unet":
@@ -613,10 +613,10 @@ def export_ckpt(out_dir: str, path: str, use_ema: bool = True) -> dict:
         dt, dmeta = load_ckpt(dec)
         for k, v in dt.items():
             sd["vae." + k[4:]] = v
-    mp, clip, vae = sd1x.build_sd1x(meta["config"], state_dict=sd, dtype=torch.float32)
+    mp, clip, vae = unet_models.build_unet(meta["config"], state_dict=sd, dtype=torch.float32)
     info = {"step": meta["step"], "unet_minutes": round(meta["elapsed"]["unet"] / 60, 1),
             "decoder_step": dmeta.get("step"), "decoder_psnr": dmeta.get("psnr"), "ema": use_ema}
-    sd1x.save_weights(path, mp, clip, vae, extra_metadata={"training": info})
+    unet_models.save_weights(path, mp, clip, vae, extra_metadata={"training": info})
     log(f"exported {path}: {info}")
     return info
 
@@ -735,7 +735,7 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=120.0, help="total training time budget (both phases)")
     ap.add_argument("--vae-minutes", type=float, default=15.0)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", default="", help="fine-tune from a weights file (sd1x.save_weights format, e.g. the shipped "
+    ap.add_argument("--init", default="", help="fine-tune from a weights file (unet_models.save_weights format, e.g. the shipped "
                                                "toyworld.safetensors): skips the VAE phase, keeps its VAE")
     ap.add_argument("--cpu", action="store_true",
                     help="train on the CPU even where comfy.model_management finds a GPU")
@@ -807,9 +807,9 @@ def main(argv=None):
         tr.load()
     elif os.path.exists(tr.ckpt_path) and not args.resume:
         log(f"{tr.ckpt_path} exists; pass --resume to continue it (starting fresh, overwriting)")
-    from ..comfy_bridge import models as sd1x
+    from ..comfy_bridge import models as unet_models
 
-    log(f"params {sd1x.count_parameters(tr.mp, tr.clip, tr.vae)} args {vars(args)}")
+    log(f"params {unet_models.count_parameters(tr.mp, tr.clip, tr.vae)} args {vars(args)}")
     tr.run()
     return 0
 

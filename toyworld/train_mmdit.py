@@ -10,7 +10,7 @@ ToyWorld VAE, so that the editing benchmark can put an MM-DiT beside the SD1.x-a
     python -m attention_edit.toyworld.train_mmdit --out runs/more --init toyworld/weights/toyworld_mmdit.safetensors \
         --no-pooled --minutes 95 --lr 5e-4                  # continue the shipped weights (fresh optimiser)
 
-    from attention_edit.toyworld.train_mmdit import load_toyworld_mmdit
+    from attention_edit.toyworld.shipped import load_toyworld_mmdit
     model, clip, vae = load_toyworld_mmdit("tw_mmdit.safetensors")    # MODEL / CLIP / VAE as ComfyUI's loaders give
 
 Model (decisions and why)
@@ -104,15 +104,16 @@ import time
 import numpy as np
 import torch
 
+from .shipped import MMDIT_FORMAT, TOYWORLD_MMDIT_WEIGHTS, TOYWORLD_WEIGHTS, load_toyworld_mmdit  # noqa: F401
 from .train import _STOP, Data, Trainer, caption_token_ids, load_ckpt, log, opt_load, opt_tensors, prepare_run, \
     probe_specs, sample_images, save_ckpt
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: the frozen VAE of the MM-DiT: the shipped ToyWorld weights' AutoencoderKL
-TOYWORLD_WEIGHTS = os.path.join(PACKAGE_DIR, "toyworld", "weights", "toyworld.safetensors")
-FORMAT = "attention_edit.toyworld_mmdit"
-#: where the exported ToyWorld MM-DiT weights are shipped (bench/bench_flow_inversion.py --model toyworld reads it)
-WEIGHTS = os.path.join(PACKAGE_DIR, "toyworld", "weights", "toyworld_mmdit.safetensors")
+# the frozen VAE of the MM-DiT (TOYWORLD_WEIGHTS: the shipped ToyWorld weights' AutoencoderKL), the export format,
+# where the exported weights are shipped, and their loader live in toyworld/shipped.py (the loader node and the
+# benchmarks import that module, never this trainer)
+FORMAT = MMDIT_FORMAT
+WEIGHTS = TOYWORLD_MMDIT_WEIGHTS
 LATENT_SCALE = 0.18215  # SD1.5's latent scale (comfy.latent_formats.SD15), folded into the ToyWorld VAE
 
 
@@ -207,27 +208,6 @@ def save_mmdit_weights(path, tensors: dict, cfg_dict: dict, info: dict, dtype=to
     save_safetensors(str(path), out, meta)
 
 
-def load_toyworld_mmdit(path, vae_path: str = TOYWORLD_WEIGHTS, dtype: torch.dtype | None = None):
-    """``(model_patcher, clip, vae)`` of an exported ToyWorld MM-DiT (``--export`` / ``toyworld_mmdit_*.safetensors``):
-    ComfyUI's Flux model (schnell architecture, SD1.5 latent format) and FluxClipModel with the file's weights (fp32),
-    and the VAE of ``vae_path`` (the shipped ToyWorld weights). Works with ComfyUI's samplers and nodes as a
-    CheckpointLoaderSimple result; 64x64 images, 8x8x4 latents. ``dtype``: text encoder and VAE weight dtype (None:
-    ComfyUI's choices, as its loaders make them; torch.float32 reproduces the training-time probe)."""
-    from ..comfy_bridge import flux_models as fm
-    from ..comfy_bridge import models as sd1x
-    from ..comfy_bridge.files import read_safetensors
-
-    sd, meta = read_safetensors(str(path), "ToyWorld MM-DiT weights file")
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise ValueError(f"{path}: not a ToyWorld MM-DiT weights file (format {meta.get('format')!r}); write one "
-                         "with python -m attention_edit.toyworld.train_mmdit --export")
-    cfg = fm.flux_config_from_any(json.loads(meta["config"]))
-    mp, clip, _ = fm.build_flux(cfg, state_dict=sd, dtype=dtype)
-    _, _, vae = sd1x.load_weights(vae_path, dtype=dtype)
-    mp.toy_config = clip.toy_config = mp.model.toy_config = cfg
-    return mp, clip, vae
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # trainer
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,7 +216,7 @@ class MMDiTTrainer:
     def __init__(self, args, t_start: float):
         from ..comfy_bridge import flux_models as fm
         from ..comfy_bridge import host
-        from ..comfy_bridge import models as sd1x
+        from ..comfy_bridge import models as unet_models
 
         self.args = args
         self.t_start = t_start
@@ -252,7 +232,7 @@ class MMDiTTrainer:
         self.model = self.mp.model  # comfy.model_base.Flux: apply_model, model_sampling, latent_format
         self.te = self.clip.cond_stage_model
         adaln_zero(self.flux)
-        _, _, self.vae = sd1x.load_weights(args.vae, dtype=torch.float32)
+        _, _, self.vae = unet_models.load_weights(args.vae, dtype=torch.float32)
         self.vae_model = self.vae.first_stage_model
         for p in self.vae_model.parameters():
             p.requires_grad_(False)

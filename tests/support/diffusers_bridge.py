@@ -123,7 +123,7 @@ def to_diffusers_unet(model_patcher, dtype: torch.dtype = torch.float32):
     unet.load_state_dict(converted, strict=True)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
-    from attention_edit.comfy_bridge.models import prediction_type
+    from attention_edit.comfy_bridge.families import prediction_type
 
     # what the UNet's output is, in diffusers' scheduler terms (ComfyUI's model_sampling says it)
     unet.ae_prediction_type = "v_prediction" if prediction_type(model_patcher) == "v" else "epsilon"
@@ -360,3 +360,42 @@ def flux_velocity(unet, x: torch.Tensor, sigma: float, seq: torch.Tensor, pooled
                pooled_projections=pooled.expand(b, -1), encoder_hidden_states=seq.expand(b, -1, -1),
                txt_ids=txt_ids, img_ids=img_ids.reshape(-1, 3)).sample
     return flux_unpack(out, h, w)
+
+
+def to_diffusers_sd3(model_patcher):
+    """A ``diffusers.SD3Transformer2DModel`` holding the weights of a ComfyUI SD3 MODEL (comfy/ldm/modules/
+    diffusionmodules/mmdit.py), mapped with ComfyUI's own diffusers <-> MMDiT key table
+    ``comfy.utils.mmdit_to_diffusers``. KeyError when a diffusers parameter gets no weight."""
+    import comfy.utils
+    from diffusers import SD3Transformer2DModel
+
+    dm = model_patcher.model.diffusion_model
+    cfg = model_patcher.model.model_config.unet_config
+    depth = int(dm.depth)
+    hidden = int(dm.hidden_size)
+    sd = {k: v.detach().float().cpu() for k, v in dm.state_dict().items()}
+    unet = SD3Transformer2DModel(
+        sample_size=int(cfg.get("pos_embed_max_size")) * 2, patch_size=2, in_channels=int(dm.in_channels),
+        num_layers=depth, attention_head_dim=64, num_attention_heads=int(dm.num_heads),
+        joint_attention_dim=int(sd["context_embedder.weight"].shape[1]), caption_projection_dim=hidden,
+        pooled_projection_dim=int(sd["y_embedder.mlp.0.weight"].shape[1]), out_channels=int(dm.out_channels),
+        pos_embed_max_size=int(cfg.get("pos_embed_max_size")),
+        dual_attention_layers=tuple(int(i) for i in cfg.get("x_block_self_attn_layers", [])),
+        qk_norm="rms_norm" if cfg.get("qk_norm") else None)
+    kmap = comfy.utils.mmdit_to_diffusers({"depth": depth})
+    out = {}
+    for dkey in unet.state_dict():
+        src = kmap.get(dkey)
+        if src is None:
+            raise KeyError(f"no ComfyUI weight for diffusers parameter {dkey}")
+        if isinstance(src, str):
+            src = (src, None)
+        w = sd[src[0]]
+        if len(src) > 2:
+            w = src[2](w)
+        elif src[1] is not None:
+            dim, off, length = src[1]
+            w = w.narrow(dim, off, length)
+        out[dkey] = w.clone()
+    unet.load_state_dict(out, strict=True)
+    return unet.eval().requires_grad_(False)
