@@ -20,7 +20,8 @@ Modules (what each touches):
                classes, prediction, text streams, pooled handling, binder, inversion methods, node groups); every
                "which model is this" question reads it
   models.py    UNet-family model building (SD1.x, SD2.x, SDXL architectures) from ComfyUI's classes
-               (supported_models, ModelPatcher, sd.CLIP, sd.VAE); flux_models.py the same for Flux.1; seeded.py
+               (supported_models, ModelPatcher, sd.CLIP, sd.VAE); flux_models.py the same for Flux.1, sd3_models.py
+               for SD3 / SD3.5; seeded.py
                their seeded initialisation
   joint_attention.py  the MM-DiT patch point: transformer_options["optimized_attention_override"] (the maths of
                an edited joint-attention call is attention/joint.py)

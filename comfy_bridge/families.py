@@ -110,6 +110,13 @@ FAMILIES: dict = {f.key: f for f in (
            configs=("Flux", "FluxSchnell"), predictions=("flow",), text_encoders=("CLIP-L (pooled)", "T5-XXL"),
            tokenizers=("l", "t5xxl"), sequence="t5", pooled="vector", binder="joint",
            inversion_methods=FLOW_MODEL_METHODS, groups=frozenset({"edit"}), instead=_DIFFUSION_INSTEAD),
+    Family("sd3", "SD3",
+           "SD3 / SD3.5 models (Medium, Large, Large Turbo: MM-DiT over [CLIP-L + CLIP-G ; T5-XXL] text tokens, "
+           "rectified flow)",
+           configs=("SD3",), predictions=("flow",), text_encoders=("CLIP-L", "OpenCLIP-bigG", "T5-XXL"),
+           tokenizers=("l", "g", "t5xxl"), sequence="clip+t5", pooled="vector", binder="joint",
+           inversion_methods=FLOW_MODEL_METHODS, groups=frozenset({"edit"}), instead=_DIFFUSION_INSTEAD,
+           block_labels=False),
 )}
 
 
