@@ -57,7 +57,8 @@ class Family:
     that the pack knows of; instead: what a user can do with a node group that does not accept it; block_labels
     (joint binder): whether ComfyUI labels each attention call with its block (Flux: ``block_type`` /
     ``block_index``) or not (SD3: every joint call is one joint block, so only the block choices "all" and "double"
-    apply)."""
+    apply); guidance: "cfg" (classifier-free guidance with an unconditional branch: the UNet families, SD3) or
+    "embedded" (Flux.1: the guidance is an input of the model, sampled at cfg 1)."""
 
     key: str
     short: str
@@ -76,6 +77,7 @@ class Family:
     since: str = "0.3.75"
     instead: str = ""
     block_labels: bool = True
+    guidance: str = "cfg"
 
     @property
     def is_flow(self) -> bool:
@@ -109,7 +111,8 @@ FAMILIES: dict = {f.key: f for f in (
            "Flux.1 models (dev and schnell and their fine-tunes: MM-DiT with T5 joint attention, rectified flow)",
            configs=("Flux", "FluxSchnell"), predictions=("flow",), text_encoders=("CLIP-L (pooled)", "T5-XXL"),
            tokenizers=("l", "t5xxl"), sequence="t5", pooled="vector", binder="joint",
-           inversion_methods=FLOW_MODEL_METHODS, groups=frozenset({"edit"}), instead=_DIFFUSION_INSTEAD),
+           inversion_methods=FLOW_MODEL_METHODS, groups=frozenset({"edit"}), instead=_DIFFUSION_INSTEAD,
+           guidance="embedded"),
     Family("sd3", "SD3",
            "SD3 / SD3.5 models (Medium, Large, Large Turbo: MM-DiT over [CLIP-L + CLIP-G ; T5-XXL] text tokens, "
            "rectified flow)",

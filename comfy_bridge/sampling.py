@@ -367,8 +367,16 @@ def invert(model_patcher, latent: torch.Tensor, source_cond, empty_cond, sigmas:
     from ..inversion.core import invert as invert_loop
 
     check_method(model_patcher, kwargs.get("method", "null_text"))
+    kwargs.setdefault("flow_guidance", _flow_guidance(model_patcher))
     inv = invert_loop(ComfyRunner(model_patcher, source_cond), latent, source_cond, empty_cond, sigmas, **kwargs)
     return _record_model(inv, model_patcher)
+
+
+def _flow_guidance(model_patcher) -> bool:
+    """Whether a MODEL is a rectified-flow model sampled with classifier-free guidance (its record's ``guidance``
+    is "cfg": SD3; Flux's is "embedded")."""
+    fam = family_of(model_patcher)
+    return fam is not None and fam.is_flow and fam.guidance == "cfg"
 
 
 def check_method(model_patcher, method: str) -> None:
@@ -386,6 +394,10 @@ def check_method(model_patcher, method: str) -> None:
     if method in allowed:
         return
     name = fam.short if fam is not None else "this model"
+    if flow and fam is not None and fam.guidance == "cfg":
+        raise ValueError(f"'{method}' inverts diffusion models (DDIM steps); this is a rectified-flow model ({name}), "
+                         f"which the pack inverts along its flow (the edit then guides with the CFG scale): choose "
+                         f"one of {', '.join(allowed)}")
     if flow:
         raise ValueError(f"'{method}' inverts diffusion models with classifier-free guidance; this is a "
                          f"rectified-flow model ({name}: its guidance is an embedding, there is no unconditional "
@@ -421,6 +433,7 @@ def invert_batch(model_patcher, latent: torch.Tensor, source_conds: list, empty_
     from ..inversion.core import invert_batch as invert_loop
 
     check_method(model_patcher, kwargs.get("method", "null_text"))
+    kwargs.setdefault("flow_guidance", _flow_guidance(model_patcher))
     return [_record_model(inv, model_patcher) for inv in
             invert_loop(ComfyRunner(model_patcher, source_conds[0]), latent, source_conds, empty_cond, sigmas,
                         **kwargs)]

@@ -51,8 +51,9 @@ TOY_RANDOM = "random (untrained test model)"
 TOY_SD2_V = "random SD2.x v-prediction (untrained test model)"
 TOY_SDXL = "random SDXL (untrained test model)"
 TOY_FLUX = "random Flux.1 (untrained test model)"
+TOY_SD3 = "random SD3.5 (untrained test model)"
 #: AE_ToyWorldLoader's weights choices (nodes/toyworld_nodes.py CHOICES)
-TOY_CHOICES = (TOY_SHIPPED, TOY_RANDOM, TOY_SD2_V, TOY_SDXL, TOY_FLUX)
+TOY_CHOICES = (TOY_SHIPPED, TOY_RANDOM, TOY_SD2_V, TOY_SDXL, TOY_FLUX, TOY_SD3)
 #: the key of a CheckpointLoaderSimple node's "_meta" that names the loader choice the runner swaps in without
 #: --ckpt (e.g. "random SDXL (untrained test model)" in workflows/api/p2p_word_swap_sdxl.json)
 TOY_WEIGHTS_META = "ae_toy_weights"
@@ -63,7 +64,9 @@ TOY_SIZES = {TOY_SDXL: 128}
 TOY_FAMILY_CKPT = {TOY_FLUX: "Flux.1 checkpoint with its text encoders and VAE (.safetensors), e.g. "
                              "flux1-dev-fp8.safetensors",
                    TOY_SD2_V: "Stable Diffusion 2.x checkpoint (.safetensors), e.g. v2-1_768-ema-pruned.safetensors",
-                   TOY_SDXL: "SDXL checkpoint (.safetensors), e.g. sd_xl_base_1.0.safetensors"}
+                   TOY_SDXL: "SDXL checkpoint (.safetensors), e.g. sd_xl_base_1.0.safetensors",
+                   TOY_SD3: "SD3.5 checkpoint with its text encoders (.safetensors), e.g. "
+                            "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"}
 TOY_STEPS = 20           # default sampling steps for the tiny model (unless --steps)
 DEFAULT_PHOTO = "chelsea"  # scikit-image's cat photo
 SEED_INPUTS = ("seed", "noise_seed")

@@ -61,6 +61,10 @@ WORKFLOW_NOTES = {
                           "then a Prompt-to-Prompt word swap (cat -> dog) on the joint attention of every block, with "
                           "the prediction-difference mask (Flux's attention maps do not locate words) and the "
                           "background locked.",
+    "p2p_word_swap_sd3": "SD3.5: Direct Inversion of a 1024x1024 photo (FireFlow's path, 40 steps), then a "
+                         "Prompt-to-Prompt word swap (cat -> dog) at cfg 4.5 on the joint attention of every block, "
+                         "the word's CLIP and T5 columns together, with the prediction-difference mask and the "
+                         "background locked.",
 }
 
 #: the part of every note that says how to run the workflow without a Stable Diffusion checkpoint
@@ -85,7 +89,8 @@ FAMILY_NO_CHECKPOINT_NOTE = (
 #: test model -> (family, a real checkpoint's photo size, the test model's size)
 FAMILY_OF_TEST_MODEL = {"random SDXL (untrained test model)": ("SDXL", 1024, 128),
                         "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64),
-                        "random Flux.1 (untrained test model)": ("Flux.1", 1024, 64)}
+                        "random Flux.1 (untrained test model)": ("Flux.1", 1024, 64),
+                        "random SD3.5 (untrained test model)": ("SD3.5", 1024, 64)}
 
 
 def workflow_note(name: str, api: Mapping[str, Any] | None = None) -> str:

@@ -89,8 +89,9 @@ class Inversion:
     prediction:     "eps" or "v" ("" when not recorded).
     guidance_scale: the CFG scale the inversion was made for (null-text is optimised for it).
     method:         'null_text', 'negative_prompt', 'ddim' or 'direct'; for flow models 'rf_euler', 'rf_solver',
-                    'fireflow' or 'direct' (inversion/flow.py: uncond is then empty and guidance_scale 1, the model's
-                    guidance being part of source_cond).
+                    'fireflow' or 'direct' (inversion/flow.py: uncond is then empty, the model's guidance being part
+                    of source_cond (Flux), or for a flow model with classifier-free guidance (SD3) at a
+                    guidance_scale other than 1 the empty prompt's embedding at every step).
     losses:         per step, the null-text inner losses (empty lists for the other methods).
     latent:         [1, C, H, W] the encoded input (LATENT scale), kept to measure the reconstruction.
     solver:         the rectified-flow ODE solver the inversion was made with and the replay uses ('rf_euler',
@@ -317,7 +318,7 @@ def invert(runner: LoopRunner, latent: torch.Tensor, source_cond: list, empty_co
            method: str = "null_text", guidance_scale: float = 7.5, num_inner_steps: int = 10,
            early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2, source_prompt: str = "",
            scheduler: str = "", progress: Optional[Callable[[int, int], None]] = None,
-           null_text_mode: str = "fast", optimise_pooled: bool = True) -> Inversion:
+           null_text_mode: str = "fast", optimise_pooled: bool = True, flow_guidance: bool = False) -> Inversion:
     """Inverts one image. runner: runs the loops in the host's sampler with the model to invert with
     (comfy_bridge.sampling.runner(model, source_cond)); latent: [1, C, H, W] (LATENT scale, from VAEEncode);
     source_cond / empty_cond: CONDITIONING of the source prompt and of the empty prompt ([[emb [1, T, D], extras]]);
@@ -334,7 +335,7 @@ def invert(runner: LoopRunner, latent: torch.Tensor, source_cond: list, empty_co
                          "'Invert Images (Batch)'")
     return invert_batch(runner, latent, [source_cond], empty_cond, sigmas, method, guidance_scale, num_inner_steps,
                         early_stop_epsilon, learning_rate, [source_prompt], scheduler, progress, null_text_mode,
-                        optimise_pooled)[0]
+                        optimise_pooled, flow_guidance)[0]
 
 
 def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, empty_cond: list,
@@ -342,10 +343,15 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
                  num_inner_steps: int = 10, early_stop_epsilon: float = 1e-5, learning_rate: float = 1e-2,
                  source_prompts: Optional[list] = None, scheduler: str = "",
                  progress: Optional[Callable[[int, int], None]] = None, null_text_mode: str = "fast",
-                 optimise_pooled: bool = True) -> list:
+                 optimise_pooled: bool = True, flow_guidance: bool = False) -> list:
     """Inverts B images as one batch; returns B ``Inversion`` values, each made by the loop :func:`invert` runs for
     that image alone, only faster: the same steps and, up to floating-point rounding and where it moves an early stop,
     the same Adam iterations and embeddings (:func:`null_text_loop` has the measured differences).
+
+    flow_guidance: a rectified-flow model sampled with classifier-free guidance (SD3): the inversion still walks the
+    conditional velocity, and with ``guidance_scale`` != 1 it records the empty prompt's embedding as every step's
+    unconditional embedding, so the replay guides as the model is sampled (inversion/flow.py). False (Flux, whose
+    guidance is an embedding): no unconditional embeddings.
 
     latent: [B, C, H, W] (LATENT scale); source_conds: B CONDITIONINGs (one per image; their embeddings must have
     the same token count T); source_prompts: B prompts (recorded in the inversions); the rest as :func:`invert`.
@@ -387,7 +393,9 @@ def invert_batch(runner: LoopRunner, latent: torch.Tensor, source_conds: list, e
             with torch.no_grad():
                 out = flow_inversion_loop(den, x, s, ce, solver, progress=progress, keep_path=method == DIRECT)
             x_T, levels = out if method == DIRECT else (out, None)
-            result.update(uncond=[[] for _ in range(B)], losses=[[] for _ in range(B)], solver=solver)
+            guided = flow_guidance and float(guidance_scale) != 1.0
+            result.update(uncond=[[ee.detach().cpu()] * N if guided else [] for _ in range(B)],
+                          losses=[[] for _ in range(B)], solver=solver)
             if levels is not None:  # ascending (photo ... x_T): the replay order is the reverse
                 result["path"] = [torch.cat([p[r:r + 1] for p in reversed(levels)]).detach().cpu() for r in range(B)]
             return x_T

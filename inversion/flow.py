@@ -20,14 +20,17 @@ Methods (``FLOW_METHODS``), each used both ways (inversion and the replay that e
   Editing", arXiv 2412.07517, Alg. 1): the same midpoint step, with the first stage's velocity taken from the
   previous step's midpoint velocity instead of a new evaluation (N + 1 evaluations; second order at Euler's cost).
 
-No classifier-free guidance: Flux.1-dev takes its guidance as an embedding (the conditioning's ``guidance``, 3.5 by
-default in ComfyUI), so null-text optimisation has nothing to optimise; what takes its place is inverting and
-replaying with the same guidance and a higher-order solver (bench/bench_flow_inversion.py measures the
-reconstruction error per method and step count).
+Guidance. Flux.1-dev takes its guidance as an embedding (the conditioning's ``guidance``, 3.5 by default in ComfyUI),
+so there is no unconditional branch: null-text optimisation has nothing to optimise, and what takes its place is
+inverting and replaying with the same guidance and a higher-order solver (bench/bench_flow_inversion.py measures the
+reconstruction error per method and step count). SD3 is sampled with real classifier-free guidance: the inversion
+walks the conditional velocity only (guidance 1, as DDIM inversion does; Mokady et al. 2023 sec. 3), and the replay
+takes the guided velocity v = v_u + w (v_c - v_u) of ComfyUI's cfg_function when the inversion holds unconditional
+embeddings and w != 1 (``uncond`` / ``guidance_scale`` of :func:`flow_replay_loop`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -38,10 +41,16 @@ FLOW_METHODS = ("rf_euler", "rf_solver", "fireflow")
 SIGMA_FLOOR = 1e-4
 
 
-def velocity(den: Denoiser, x: torch.Tensor, sigma: float, emb: torch.Tensor) -> torch.Tensor:
-    """v(x, sigma) = (x - x0) / sigma of the conditional prediction for ``emb`` ([B or 1, T, D]); sigma > 0."""
-    c, _ = den.denoise(x, float(sigma), emb, None)
-    return (x - c) / float(sigma)
+def velocity(den: Denoiser, x: torch.Tensor, sigma: float, emb: torch.Tensor, uncond: Optional[torch.Tensor] = None,
+             scale: float = 1.0) -> torch.Tensor:
+    """v(x, sigma) = (x - x0) / sigma of the conditional prediction for ``emb`` ([B or 1, T, D]); sigma > 0. With an
+    unconditional embedding ``uncond`` ([1, T', D]) and ``scale`` != 1, x0 is the classifier-free-guided prediction
+    (den.cfg: ComfyUI's cfg_function, so the velocity is v_u + scale (v_c - v_u)); one batched model call."""
+    if uncond is None or float(scale) == 1.0:
+        c, _ = den.denoise(x, float(sigma), emb, None)
+        return (x - c) / float(sigma)
+    c, u = den.denoise(x, float(sigma), emb, uncond)
+    return (x - den.cfg(c, u, x, float(sigma), float(scale))) / float(sigma)
 
 
 def evaluations(method: str, steps: int) -> int:
@@ -57,12 +66,14 @@ def _check(method: str) -> str:
 
 def flow_walk(den: Denoiser, x: torch.Tensor, levels: list, emb, method: str,
               after_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
-              progress: Optional[Callable[[int, int], None]] = None, visited: Optional[list] = None) -> torch.Tensor:
+              progress: Optional[Callable[[int, int], None]] = None, visited: Optional[list] = None,
+              uncond: Optional[Sequence] = None, scale: float = 1.0) -> torch.Tensor:
     """Integrates dx/dsigma = v from levels[0] to levels[-1] (ascending: inversion; descending: sampling) with
     ``method``. x: [B, C, H, W] in the model's latent space; emb: the conditional embedding(s) [B or 1, T, D] or a
     function step -> embedding; after_step(x, i): a hook after step i (local blend). A level of 0 where the
     velocity is read is raised to SIGMA_FLOOR. ``visited``: a list that gets x at every level (levels[0] first,
-    len(levels) tensors). Returns the final x."""
+    len(levels) tensors). ``uncond`` (one unconditional embedding per step) and ``scale``: classifier-free guidance
+    of every velocity (:func:`velocity`). Returns the final x."""
     _check(method)
     n = len(levels) - 1
     if visited is not None:
@@ -74,13 +85,14 @@ def flow_walk(den: Denoiser, x: torch.Tensor, levels: list, emb, method: str,
         s, s_next = float(levels[i]), float(levels[i + 1])
         h = s_next - s
         e = emb_at(i)
+        u = uncond[i].to(x.device, x.dtype) if uncond else None
         s_read = max(s, SIGMA_FLOOR)
         if method == "rf_euler":
-            x = x + h * velocity(den, x, s_read, e)
+            x = x + h * velocity(den, x, s_read, e, u, scale)
         else:
-            v0 = reuse if (method == "fireflow" and reuse is not None) else velocity(den, x, s_read, e)
+            v0 = reuse if (method == "fireflow" and reuse is not None) else velocity(den, x, s_read, e, u, scale)
             s_mid = max(s + h / 2, SIGMA_FLOOR)
-            v_mid = velocity(den, x + (h / 2) * v0, s_mid, e)
+            v_mid = velocity(den, x + (h / 2) * v0, s_mid, e, u, scale)
             x = x + h * v_mid
             reuse = v_mid
         if after_step is not None:
@@ -104,18 +116,22 @@ def flow_inversion_loop(den: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor, e
 
 
 def flow_replay_loop(den: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, cond_embs: torch.Tensor, method: str,
-                     controller=None, progress=None, source_path: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     controller=None, progress=None, source_path: Optional[torch.Tensor] = None,
+                     uncond: Optional[Sequence] = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """Samples P prompts (cond_embs [P, T, D]) from one x_T [1, C, H, W] along ``sigmas`` (descending) with
     ``method``; the controller's after-step hook (local blend) runs after every step. ``source_path`` ([N + 1, C, H,
     W], the stored inversion path in the replay's order: Direct Inversion): after step i the source row (row 0) is
     set to source_path[i + 1] before the hook, i.e. its velocity over the interval is replaced by the path's own,
-    (path[i + 1] - x_src) / h: the rectified-flow form of Ju et al. 2023, Algorithm 1. Returns [P, C, H, W]."""
+    (path[i + 1] - x_src) / h: the rectified-flow form of Ju et al. 2023, Algorithm 1. ``uncond`` (N unconditional
+    embeddings [1, T', D], the inversion's) with ``guidance_scale`` != 1: classifier-free guidance (SD3); the
+    controller edits the conditional rows only. Returns [P, C, H, W]."""
     P = cond_embs.shape[0]
     x = x_T.expand(P, *x_T.shape[1:]).clone()
     hook = controller.after_step if controller is not None else None
     if source_path is not None:
         hook = on_source_path(source_path, hook)
-    return flow_walk(den, x, [float(s) for s in sigmas], cond_embs, method, hook, progress)
+    return flow_walk(den, x, [float(s) for s in sigmas], cond_embs, method, hook, progress,
+                     uncond=list(uncond) if uncond else None, scale=guidance_scale)
 
 
 def on_source_path(path: torch.Tensor, then: Optional[Callable] = None) -> Callable:

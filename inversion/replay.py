@@ -93,7 +93,8 @@ def edit(runner: LoopRunner, inversion: Inversion, target_conds: list, controlle
     def loop(den: Denoiser, x, sig):
         if inversion.is_flow:
             return flow_replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.solver, controller,
-                                    progress, source_path=path)
+                                    progress, source_path=path, uncond=inversion.uncond or None,
+                                    guidance_scale=scale)
         return replay_loop(den, x, sig, cond_embs.to(x.device, x.dtype), inversion.uncond, scale, controller,
                            progress, source_path=path)
 

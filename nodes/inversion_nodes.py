@@ -44,16 +44,17 @@ class AE_InvertImage(io.ComfyNode):
                                        "included). null_text: optimises a null-text embedding per step (slowest). "
                                        "negative_prompt: DDIM inversion + the source prompt as negative prompt "
                                        "(fast, less faithful). ddim: plain DDIM inversion (fast; reconstructs "
-                                       "poorly at CFG > 1). Flux (rectified flow): direct, rf_solver (RF-Solver's "
-                                       "second-order step, 2 model calls per step), fireflow (the same accuracy "
-                                       "at about 1 call per step) or rf_euler (plain Euler)."),
+                                       "poorly at CFG > 1). Flux and SD3 (rectified flow): direct, rf_solver "
+                                       "(RF-Solver's second-order step, 2 model calls per step), fireflow (the same "
+                                       "accuracy at about 1 call per step) or rf_euler (plain Euler)."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Sampling steps of the inversion; the edit replays exactly these (reference: "
                                      "50)."),
                 io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance scale the inversion is made for and the edit "
-                                       "uses (reference: 7.5). Not used by the Flux methods: Flux's guidance is "
-                                       "the conditioning's (3.5 unless a FluxGuidance node sets it)."),
+                                       "uses (reference: 7.5). SD3: the edit's CFG scale (the inversion walks the "
+                                       "conditional flow; SD3.5 is sampled at about 4.5). Not used on Flux: its "
+                                       "guidance is the conditioning's (3.5 unless a FluxGuidance node sets it)."),
                 io.Combo.Input("scheduler", options=schedule_names(), default=P2P_DDIM,
                                tooltip="Sigma schedule. p2p_ddim: the reference's DDIM timesteps (980, 960, ..., 0 "
                                        "at 50 steps), exactly 'steps' steps. The others are ComfyUI's schedulers."),

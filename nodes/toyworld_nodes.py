@@ -15,9 +15,11 @@ RANDOM = "random (untrained test model)"
 RANDOM_SD2_V = "random SD2.x v-prediction (untrained test model)"
 RANDOM_SDXL = "random SDXL (untrained test model)"
 RANDOM_FLUX = "random Flux.1 (untrained test model)"
+RANDOM_SD3 = "random SD3.5 (untrained test model)"
 #: the random test models of the loader, by choice
-RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl", RANDOM_FLUX: "tiny_flux"}
-CHOICES = [SHIPPED, SHIPPED_MMDIT, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX]
+RANDOM_CONFIGS = {RANDOM: "tiny_test", RANDOM_SD2_V: "tiny_sd2_v", RANDOM_SDXL: "tiny_sdxl", RANDOM_FLUX: "tiny_flux",
+                  RANDOM_SD3: "tiny_sd3"}
+CHOICES = [SHIPPED, SHIPPED_MMDIT, RANDOM, RANDOM_SD2_V, RANDOM_SDXL, RANDOM_FLUX, RANDOM_SD3]
 #: the loader's shipped choices: entries of toyworld.shipped.SHIPPED_MODELS, and the random choice to suggest when the
 #: weights file is missing
 SHIPPED_CHOICES = {SHIPPED: ("toyworld", RANDOM), SHIPPED_MMDIT: ("toyworld_mmdit", RANDOM_FLUX)}
@@ -51,6 +53,10 @@ def load_toyworld(weights: str = SHIPPED, seed: int = 0):
                 from ..comfy_bridge.flux_models import build_flux
 
                 _CACHE[key] = build_flux(RANDOM_CONFIGS[weights], seed=int(seed))
+            elif weights == RANDOM_SD3:
+                from ..comfy_bridge.sd3_models import build_sd3
+
+                _CACHE[key] = build_sd3(RANDOM_CONFIGS[weights], seed=int(seed))
             else:
                 _CACHE[key] = unet_models.build_unet(unet_models.CONFIGS[RANDOM_CONFIGS[weights]], seed=int(seed))
         mp, clip, vae = _CACHE[key]
@@ -70,7 +76,7 @@ class AE_ToyWorldLoader(io.ComfyNode):
                 "Loads ToyWorld: a small Stable Diffusion 1.x-architecture model (UNet, CLIP text encoder with the "
                 "real SD1 tokenizer, VAE) trained on 64x64 images of coloured shapes, e.g. 'a big red circle on "
                 "the left on white'. It runs in seconds on a CPU; use a 64x64 Empty Latent Image (8x8 latent). "
-                "'random' builds an untrained tiny model for tests (SD1.x, SD2.x v-prediction, SDXL or Flux.1)."),
+                "'random' builds an untrained tiny model for tests (SD1.x, SD2.x v-prediction, SDXL, Flux.1 or SD3.5)."),
             inputs=[
                 io.Combo.Input("weights", options=CHOICES, default=SHIPPED,
                                tooltip="toyworld (shipped): the trained weights that come with the pack. "
@@ -83,7 +89,9 @@ class AE_ToyWorldLoader(io.ComfyNode):
                                        "tokenizer, v-prediction), for tests of the SD2.x path. random SDXL: built "
                                        "from ComfyUI's SDXL classes (CLIP-L + bigG, pooled and size conditioning; "
                                        "use 128x128 images), for tests of the SDXL path. random Flux.1: ComfyUI's "
-                                       "Flux classes (T5 + CLIP-L, 16-channel latents), for the Flux path."),
+                                       "Flux classes (T5 + CLIP-L, 16-channel latents), for the Flux path. random "
+                                       "SD3.5: ComfyUI's SD3 classes (MM-DiT over CLIP-L + CLIP-G + T5 tokens, "
+                                       "16-channel latents, CFG), for the SD3 path."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                              tooltip="Only for the random test model: the seed of its weight initialisation."),
             ],

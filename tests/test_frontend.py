@@ -29,6 +29,8 @@ EXPECTED = {
     "p2p_word_swap_sd2": ["word swap · cat→dog · 5/75 tokens"],
     # on Flux the display counts T5 tokens (the loader's weights name Flux.1: the JS asks the route for T5)
     "p2p_word_swap_flux": ["word swap · cat→dog · 7/511 T5 tokens"],  # T5 pieces: ▁ a photo of ▁ a dog
+    # SD3 aligns its CLIP and its T5 tokens; CLIP's 75 is the limit that binds, so the display counts CLIP tokens
+    "p2p_word_swap_sd3": ["word swap · cat→dog · 5/75 tokens"],
 }
 
 

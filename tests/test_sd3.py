@@ -27,11 +27,11 @@ def sd3(comfy):
     return dict(m=m, clip=clip, vae=vae, cond=cond, latent=latent)
 
 
-def _invert(f, method, steps, scheduler="simple"):
+def _invert(f, method, steps, scheduler="simple", cfg=1.0):
     from attention_edit.comfy_bridge.sampling import invert, replay_schedule
 
-    return invert(f["m"], f["latent"], f["cond"], f["cond"], replay_schedule(f["m"], scheduler, steps), method=method,
-                  source_prompt=SOURCE)
+    return invert(f["m"], f["latent"], f["cond"], _enc(f, ""), replay_schedule(f["m"], scheduler, steps),
+                  method=method, source_prompt=SOURCE, guidance_scale=cfg)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,49 @@ def test_direct_inversion_source_row_is_the_photo_latent(sd3):
     assert float((out[1] - out[0]).abs().max()) > 1e-4
     base, _ = _run(sd3, _invert(sd3, "rf_euler", STEPS), EditSpec(target_prompts=("a photo of a dog",)))
     assert float((base[0] - latent).abs().max()) > 100 * err
+
+
+# ---- classifier-free guidance (SD3 is sampled with it)
+
+def test_cfg_replay_without_edit_is_bit_identical_to_core_euler_at_that_cfg(sd3):
+    """An rf_euler inversion made for CFG 4.5 holds the empty prompt as every step's unconditional embedding; its
+    replay without edit equals ComfyUI's euler sampler at cfg 4.5 (negative: the empty prompt) from the same x_T,
+    bit for bit. At cfg 1 the inversion holds none."""
+    import comfy.sample
+    import comfy.samplers
+
+    from attention_edit.comfy_bridge.sampling import edit
+
+    m, cond, empty = sd3["m"], sd3["cond"], _enc(sd3, "")
+    inv = _invert(sd3, "rf_euler", 6, cfg=4.5)
+    assert len(inv.uncond) == 6 and inv.guidance_scale == 4.5
+    # the loops' embedding: the token rows, then one row holding the pooled vector (sampling.text_embedding)
+    assert torch.equal(inv.uncond[0][:, :-1], empty[0][0])
+    assert torch.equal(inv.uncond[0][0, -1, :64], empty[0][1]["pooled_output"][0])
+    assert _invert(sd3, "rf_euler", 2).uncond == []
+    ours = edit(m, inv, [])
+    noise = m.model.process_latent_in(inv.x_T.clone())
+    core = comfy.sample.sample_custom(m, noise, 4.5, comfy.samplers.ksampler("euler"), inv.sigmas.clone(), cond,
+                                      empty, torch.zeros_like(inv.x_T), seed=0)
+    assert torch.equal(ours, core)
+
+
+def test_direct_inversion_at_cfg_keeps_the_source_and_edits(sd3):
+    """At CFG 4.5 the plain replay drifts from the photo (the inversion walked the conditional flow); Direct
+    Inversion puts the source row back on the path and the edited row is the guided word swap."""
+    from attention_edit.attention.recipe import EditSpec
+    from attention_edit.comfy_bridge.sampling import edit
+
+    latent = sd3["latent"][0]
+    drift = float((edit(sd3["m"], _invert(sd3, "fireflow", STEPS, cfg=4.5), [])[0] - latent).abs().max())
+    inv = _invert(sd3, "direct", STEPS, cfg=4.5)
+    out, _ = _run(sd3, inv, EditSpec(target_prompts=("a photo of a dog",)))
+    err = float((out[0] - latent).abs().max())
+    assert err <= 1e-5 * max(1.0, float(latent.abs().max())) and drift > 100 * err
+    assert float((out[1] - out[0]).abs().max()) > 1e-4
+
+
+def test_null_text_is_refused_on_sd3_with_the_methods_it_has(sd3):
+    with pytest.raises(ValueError, match="rectified-flow model \\(SD3\\).*choose one of rf_euler, rf_solver, "
+                                         "fireflow, direct"):
+        _invert(sd3, "null_text", 2, cfg=4.5)

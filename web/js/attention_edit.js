@@ -111,7 +111,8 @@ function textEncoderOf(node, depth = 0) {
   const src = link && graph.getNodeById(link.origin_id);
   if (!src || depth > 8) return "clip";
   const type = widgetValue(src, "type");
-  if (typeof type === "string") return /^(flux|sd3)/i.test(type) ? "t5" : "clip";
+  // SD3 attends to CLIP and T5 tokens together; its binding limit is CLIP's 75, so it is shown as CLIP
+  if (typeof type === "string") return /^flux/i.test(type) ? "t5" : "clip";
   for (const name of ["ckpt_name", "unet_name", "weights"]) {
     const v = widgetValue(src, name);
     if (typeof v === "string") return /flux|mm-?dit/i.test(v) ? "t5" : "clip";
