@@ -1,7 +1,8 @@
 """The inversion file format (tensors only; the bridge's comfy_bridge.files writes and reads the file).
 
 Layout: tensors ``x_T`` [1, C, H, W], ``sigmas`` [N + 1], ``uncond`` [N, T, D] (per-step unconditional
-embeddings; [0, T, D] for the rectified-flow methods, which have none), ``latent`` [1, C, H, W], ``source_emb``
+embeddings; [0, T, D] for the rectified-flow methods without classifier-free guidance (Flux), which have none; a
+flow inversion made for CFG (SD3) has N, the empty prompt's), ``latent`` [1, C, H, W], ``source_emb``
 [1, T, D] and, when the conditioning had them, ``source_pooled`` and ``source_guidance`` (Flux); for Direct Inversion
 ``path`` [N + 1, C, H, W] (the inversion path in the model's latent scale, replay order: Inversion.path); metadata
 (strings): format, source_prompt, method, guidance_scale, scheduler, losses (JSON), family and prediction (of the
@@ -67,8 +68,10 @@ def from_file(tensors: dict, meta: dict, name: str = "the file") -> Inversion:
         problems.append(f"x_T has shape {list(x_T.shape)}, expected [1, C, H, W]")
     if sigmas.ndim != 1 or len(sigmas) < 2:
         problems.append(f"sigmas has shape {list(sigmas.shape)}, expected [steps + 1]")
-    elif uncond.ndim != 3 or uncond.shape[0] != (0 if solver else len(sigmas) - 1):
-        problems.append(f"uncond has shape {list(uncond.shape)}, expected [{len(sigmas) - 1}, tokens, width]")
+    elif uncond.ndim != 3 or uncond.shape[0] not in ((0, len(sigmas) - 1) if solver else (len(sigmas) - 1,)):
+        # a rectified-flow inversion has none (Flux) or, made for classifier-free guidance (SD3), one per step
+        want = f"[0 or {len(sigmas) - 1}, tokens, width]" if solver else f"[{len(sigmas) - 1}, tokens, width]"
+        problems.append(f"uncond has shape {list(uncond.shape)}, expected {want}")
     if method == DIRECT:
         want = [len(sigmas)] + list(x_T.shape[1:])
         if path is None:
