@@ -296,3 +296,34 @@ def test_sd3_word_swap_through_the_executor_with_save_and_load(comfy):
                                                               "inversion": ["10", 0], "edit": ["6", 0]}}
     res2 = comfy.run_workflow(g2, outputs=["11"])
     assert torch.equal(res2.value("11", 0)["samples"], res.value("7", 0)["samples"])
+
+
+def test_every_model_node_reads_the_record_for_sd3(sd3, comfy_server):
+    """Every AE_* node that takes a MODEL, given an SD3 model: the training and Imagic nodes refuse it before any
+    work, naming the family and what to use instead (the record's groups and ``instead``); the inversion and edit
+    nodes accept it (whatever they then say about their other, here empty, inputs is not a family refusal)."""
+    import nodes as comfy_nodes
+
+    from test_hostile import _default_kwargs, _input_types
+
+    info = comfy_server.object_info()
+    refused, accepted = [], []
+    for node_id, spec in sorted(info.items()):
+        if not node_id.startswith("AE_") or "MODEL" not in _input_types(spec).values():
+            continue
+        cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+        kwargs = _default_kwargs(spec, cls, lambda n, t: sd3["m"] if t == "MODEL" else None)
+        try:
+            cls.execute(**kwargs)
+            msg = ""
+        except Exception as exc:  # noqa: BLE001 - what matters is whether it is the family refusal
+            msg = str(exc)
+        if "this MODEL is an SD3 model" in msg:
+            short = spec["display_name"].split(" (")[0]
+            assert msg.startswith(short) and "does not support SD3" in msg and "For SD3, use an SD1.x" in msg, msg
+            refused.append(node_id)
+        else:
+            accepted.append(node_id)
+    print(f"\n[sd3 record] refused: {refused}; accepted: {accepted}")
+    assert {"AE_TrainTextualInversion", "AE_TrainCustomDiffusion", "AE_ImagicOptimizeEmbedding"} <= set(refused)
+    assert {"AE_InvertImage", "AE_InvertImageBatch", "AE_P2PEditSampler"} <= set(accepted), (refused, accepted)
