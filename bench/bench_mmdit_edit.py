@@ -5,11 +5,12 @@ TINY_SD3), the cat photo (64x64) is inverted with rf_euler, then
 
 * edit: the replay of [source, edited] ("a photo of a cat" -> "a photo of a dog", word swap, the default
   cross_replace_steps 0.8 and self_replace_steps 0.4) with the controller on every joint block;
-* plain: ComfyUI's own euler sampler (comfy.sample.sample_custom) on the same two prompts as one batch, from the
-  same x_T and sigmas, cfg 1 (what the replay runs; no controller).
+* plain: ComfyUI's own euler sampler (comfy_bridge.sampling.core_sample: SamplerCustom) on the same two prompts as
+  one batch, from the same x_T and sigmas, at the same CFG (:data:`CFG`; no controller).
 
-The two alternate, median of --repeats each; the ratio edit / plain is the figure (issue 27 target <= 1.15x). The
-tiny models are dominated by per-call overhead, so the ratio on them is an upper bound of what the controller adds.
+The two alternate, median of --repeats each; the ratio edit / plain is the figure (issue 27 target <= 1.15x). A step
+of these tiny models takes about 10 ms, so the controller's fixed per-call costs weigh more than at real sizes (on
+Flux.1-width blocks bench_flow_inversion.py --full-size measured 1.06x).
 
 Usage:
     python bench/bench_mmdit_edit.py                 # both families, 10 steps, 7 repeats
@@ -18,24 +19,24 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+#: the CFG scale each family is sampled at: Flux.1 takes its guidance as an embedding (cfg 1); SD3.5 is sampled with
+#: classifier-free guidance (4.5, the SD3.5 Medium default), so the edit and the plain sampling both run the
+#: unconditional rows (negative: the empty prompt)
+CFG = {"flux": 1.0, "sd3": 4.5}
 
 
-def _setup():
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.join(os.path.dirname(here), "tests"))
-    from support import comfy as comfy_env
+def _setup(threads: int):
+    from attention_edit.headless import host as comfy_env
 
     comfy_env.configure_cpu()
-    comfy_env.init_comfy(tempfile.mkdtemp(prefix="ae-bench-"))
+    comfy_env.init_comfy(threads=threads)
 
 
 def _build(family: str):
@@ -49,32 +50,31 @@ def _build(family: str):
 
 
 def measure(family: str, steps: int, repeats: int) -> dict:
-    import comfy.sample
-    import comfy.samplers
-
     from attention_edit.attention.recipe import EditSpec, build_controller
-    from attention_edit.comfy_bridge.sampling import edit, invert, replay_schedule
+    from attention_edit.comfy_bridge.sampling import core_sample, edit, invert, replay_schedule
     from attention_edit.headless.photos import photo
 
     m, clip, vae = _build(family)
     enc = lambda p: clip.encode_from_tokens_scheduled(clip.tokenize(p))  # noqa: E731
-    src, tgt = enc(SOURCE), enc(TARGET)
+    src, tgt, empty = enc(SOURCE), enc(TARGET), enc("")
+    cfg = CFG[family]
     with torch.no_grad():
         latent = vae.encode(photo("cat", 64)[..., :3]).detach()
-    inv = invert(m, latent, src, src, replay_schedule(m, "simple", steps), method="rf_euler", source_prompt=SOURCE)
+    inv = invert(m, latent, src, empty, replay_schedule(m, "simple", steps), method="rf_euler", source_prompt=SOURCE,
+                 guidance_scale=cfg)
     spec = EditSpec(target_prompts=(TARGET,))
-    batch = [[torch.cat([src[0][0], tgt[0][0]]),
-              {**src[0][1], "pooled_output": torch.cat([src[0][1]["pooled_output"], tgt[0][1]["pooled_output"]])}]]
+    two = lambda a, b: [[torch.cat([a[0][0], b[0][0]]), {**a[0][1], "pooled_output": torch.cat(  # noqa: E731
+        [a[0][1]["pooled_output"], b[0][1]["pooled_output"]])}]]
+    batch, negative = two(src, tgt), two(empty, empty)
     noise = m.model.process_latent_in(inv.x_T.clone()).repeat(2, 1, 1, 1)
-    sampler = comfy.samplers.ksampler("euler")
 
     def run_edit():
         ctrl = build_controller(clip.tokenizer, SOURCE, spec, inv.steps, text_len=int(tgt[0][0].shape[1]))
         return edit(m, inv, [tgt], ctrl)
 
     def run_plain():
-        return comfy.sample.sample_custom(m, noise, 1.0, sampler, inv.sigmas.clone(), batch, batch,
-                                          torch.zeros_like(noise), seed=0)
+        return core_sample(m, batch, negative, torch.zeros_like(noise), inv.steps, cfg, sampler="euler", noise=noise,
+                           sigmas=inv.sigmas.clone())
 
     run_edit(), run_plain()  # warm-up
     t_edit, t_plain = [], []
@@ -84,7 +84,7 @@ def measure(family: str, steps: int, repeats: int) -> dict:
             fn()
             acc.append(time.perf_counter() - t0)
     e, p = statistics.median(t_edit), statistics.median(t_plain)
-    return {"family": family, "text_tokens": int(tgt[0][0].shape[1]), "edit_step": e / steps,
+    return {"family": family, "cfg": cfg, "text_tokens": int(tgt[0][0].shape[1]), "edit_step": e / steps,
             "plain_step": p / steps, "ratio": e / p}
 
 
@@ -96,16 +96,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    _setup()
+    _setup(a.threads)
     fams = ("flux", "sd3") if a.family == "all" else (a.family,)
     rows = [measure(f, a.steps, a.repeats) for f in fams]
     print(f"\nMM-DiT P2P edit vs plain sampling (tiny models, 64x64, {a.steps} steps, median of {a.repeats}, "
           f"{a.threads} thread(s), CPU)\n")
-    print("| family | text tokens | edit per step | plain per step | edit / plain |")
-    print("|---|---|---|---|---|")
+    print("| family | cfg | text tokens | edit per step | plain per step | edit / plain |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['family']} | {r['text_tokens']} | {r['edit_step'] * 1000:.1f} ms | {r['plain_step'] * 1000:.1f} ms "
-              f"| {r['ratio']:.2f}x |")
+        print(f"| {r['family']} | {r['cfg']:g} | {r['text_tokens']} | {r['edit_step'] * 1000:.1f} ms | "
+              f"{r['plain_step'] * 1000:.1f} ms | {r['ratio']:.2f}x |")
     return 0
 
 

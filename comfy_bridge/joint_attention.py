@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from ..attention.controllers import LayerInfo, P2PController
 from ..attention.joint import MMDIT_BLOCKS, controlled_blocks, edited_joint_attention, head_group
 from ..attention.processor import step_index
@@ -97,9 +99,18 @@ class JointAttentionControl:
         edited = edited.transpose(1, 2).reshape(P, edited.shape[2], -1)
         if len(chunks) == 1:
             return edited
-        base = self._baseline(func, args, kwargs)
-        out = base.clone()
-        out[sl] = edited
+        if self.previous is not None:  # another node's override sees the whole batch, as it would without us
+            out = self._baseline(func, args, kwargs).clone()
+            out[sl] = edited.to(out.dtype)
+            return out
+        # the other chunks (CFG's unconditional rows) go to the kernel on their own: their rows only
+        rest = [i for i in range(q.shape[0]) if not sl.start <= i < sl.stop]
+        idx = torch.tensor(rest, device=args[0].device)
+        sub = tuple(a.index_select(0, idx) if i < 3 else a for i, a in enumerate(args))
+        base = self._baseline(func, sub, kwargs)
+        out = base.new_empty((q.shape[0],) + tuple(base.shape[1:]))
+        out[sl] = edited.to(base.dtype)
+        out[idx] = base
         return out
 
 
