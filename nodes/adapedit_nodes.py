@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 from PIL import Image, ImageDraw
 
 from ..attention import adapedit

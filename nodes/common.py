@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention import align
 from ..comfy_bridge import files

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..attention import align
 from ..attention.masks import (check_user_mask, difference_mask, feathered, image_mask, lock_background, to_image,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..comfy_bridge import files
 from ..comfy_bridge import sampling as bridge_sampling

@@ -1,5 +1,5 @@
-"""Collects every node of the pack into one ComfyExtension (V3 API, comfy_api.latest)."""
-from comfy_api.latest import ComfyExtension
+"""Collects every node of the pack into one ComfyExtension (V3 API, pinned at comfy_api.v0_0_2)."""
+from comfy_api.v0_0_2 import ComfyExtension
 
 
 def all_nodes():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..comfy_bridge import models as unet_models
 from ..toyworld.shipped import SHIPPED_MODELS, load_shipped

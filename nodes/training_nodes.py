@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..comfy_bridge import files
 from ..comfy_bridge import progress as bridge_progress

@@ -75,6 +75,33 @@ def test_only_the_bridge_imports_comfyui_internals():
     assert not offenders, "ComfyUI internals imported outside comfy_bridge/:\n" + "\n".join(sorted(offenders))
 
 
+#: the numbered node API the nodes pin (ComfyUI asks extensions not to import ``latest``): the newest version both
+#: hosts provide (comfy_api/version_list.py: 0.3.75 and 0.33.0 have v0_0_1 and v0_0_2)
+NODE_API = "comfy_api.v0_0_2"
+
+
+def test_the_nodes_pin_a_numbered_node_api_and_nothing_private():
+    """nodes/ imports ComfyUI's node API only as comfy_api.v0_0_2 (never comfy_api.latest or comfy_api.internal),
+    no module of the pack imports comfy_api.internal, and the pinned version is one both hosts list as supported."""
+    import importlib
+
+    wrong = []
+    for pkg in PRODUCT + ("scripts",):
+        for f in _modules(pkg):
+            absolute, _ = _imports(f)
+            for m in absolute:
+                if m.startswith("comfy_api.internal") or (m.split(".")[0] == "comfy_api" and
+                                                          not m.startswith(NODE_API)):
+                    wrong.append(f"{f.relative_to(ROOT)}: {m}")
+    assert not wrong, "comfy_api imported other than as " + NODE_API + ":\n" + "\n".join(sorted(wrong))
+    used = {m for f in _modules("nodes") for m in _imports(f)[0] if m.startswith("comfy_api")}
+    assert used == {NODE_API}, used
+    versions = importlib.import_module("comfy_api.version_list").supported_versions
+    assert "0.0.2" in {v.VERSION for v in versions}
+    api = importlib.import_module(NODE_API)
+    assert all(hasattr(api, name) for name in ("io", "ui", "ComfyExtension"))
+
+
 def test_layers_only_depend_downwards_and_never_on_tests():
     bad = []
     for pkg, allowed in ALLOWED.items():
@@ -107,7 +134,7 @@ def test_pure_packages_import_without_comfyui():
 def test_bridge_header_names_the_hosts_and_every_private_use():
     doc = ast.get_docstring(ast.parse((ROOT / "comfy_bridge" / "__init__.py").read_text()))
     assert "0.3.75" in doc and "0.33.0" in doc
-    for private in ("current_loaded_models", "_ComfyNodeInternal"):
+    for private in ("current_loaded_models", "GET_NODE_INFO_V1"):
         assert private in doc, f"the bridge header does not name its private use of {private}"
     # no other module claims to be the one contact point
     claims = [str(f.relative_to(ROOT)) for pkg in PRODUCT if pkg != "comfy_bridge" for f in _modules(pkg)
