@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = ["comfy_root", "comfy_version", "version_tuple", "configure", "init", "is_initialised", "relocate",
+           "output_directory",
            "ServerStub", "new_executor", "validate", "execute", "cached_outputs", "node_ids", "has_node",
            "node_class", "node_info", "register_node", "interrupt", "release", "torch_device", "is_cpu"]
 
@@ -163,6 +164,13 @@ def set_output_directory(path: str) -> None:
     import folder_paths
 
     folder_paths.set_output_directory(str(path))
+
+
+def output_directory() -> str:
+    """The running host's output folder (what SaveImage writes into)."""
+    import folder_paths
+
+    return folder_paths.get_output_directory()
 
 
 def directories() -> dict:

@@ -47,13 +47,14 @@ TOYWORLD_WEIGHTS = PACKAGE_DIR / "toyworld" / "weights" / "toyworld.safetensors"
 CHECKPOINT_LOADER = "CheckpointLoaderSimple"
 TOY_LOADER = "AE_ToyWorldLoader"
 TOY_SHIPPED = "toyworld (shipped)"
+TOY_MMDIT = "toyworld MM-DiT (shipped, Flux.1 architecture)"
 TOY_RANDOM = "random (untrained test model)"
 TOY_SD2_V = "random SD2.x v-prediction (untrained test model)"
 TOY_SDXL = "random SDXL (untrained test model)"
 TOY_FLUX = "random Flux.1 (untrained test model)"
 TOY_SD3 = "random SD3.5 (untrained test model)"
 #: AE_ToyWorldLoader's weights choices (nodes/toyworld_nodes.py CHOICES)
-TOY_CHOICES = (TOY_SHIPPED, TOY_RANDOM, TOY_SD2_V, TOY_SDXL, TOY_FLUX, TOY_SD3)
+TOY_CHOICES = (TOY_SHIPPED, TOY_MMDIT, TOY_RANDOM, TOY_SD2_V, TOY_SDXL, TOY_FLUX, TOY_SD3)
 #: the key of a CheckpointLoaderSimple node's "_meta" that names the loader choice the runner swaps in without
 #: --ckpt (e.g. "random SDXL (untrained test model)" in workflows/api/p2p_word_swap_sdxl.json)
 TOY_WEIGHTS_META = "ae_toy_weights"
@@ -63,6 +64,8 @@ TOY_SIZES = {TOY_SDXL: 128}
 #: what a real checkpoint of the family of each test model is (for the notice)
 TOY_FAMILY_CKPT = {TOY_FLUX: "Flux.1 checkpoint with its text encoders and VAE (.safetensors), e.g. "
                              "flux1-dev-fp8.safetensors",
+                   TOY_MMDIT: "Flux.1 checkpoint with its text encoders and VAE (.safetensors), e.g. "
+                              "flux1-dev-fp8.safetensors",
                    TOY_SD2_V: "Stable Diffusion 2.x checkpoint (.safetensors), e.g. v2-1_768-ema-pruned.safetensors",
                    TOY_SDXL: "SDXL checkpoint (.safetensors), e.g. sd_xl_base_1.0.safetensors",
                    TOY_SD3: "SD3.5 checkpoint with its text encoders (.safetensors), e.g. "
@@ -174,6 +177,8 @@ DEFAULT_SCENE = "a red circle on the left"
 TOY_SCENES: dict[str, dict] = {
     "p2p_word_swap": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
     "p2p_word_swap_null_text": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
+    # the shipped ToyWorld MM-DiT (the workflow's checkpoint loader names it for runs without --ckpt)
+    "p2p_word_swap_flux": {"scene": DEFAULT_SCENE, "edited": "a blue circle on the left"},
     "p2p_refine_local_blend": {"scene": "a small red circle on the left", "source": "a red circle on the left",
                                "edited": "a big red circle on the left",
                                "inputs": {"AE_P2PLocalBlend": {"source_words": "circle",
@@ -569,6 +574,9 @@ def _run(workflow, o: RunOptions, say) -> RunResult:
         tsize = toy_size(weights)
         if weights == TOY_SHIPPED:
             what = "ToyWorld, a small model of coloured shapes shipped with the pack"
+        elif weights == TOY_MMDIT:
+            what = ("the ToyWorld MM-DiT, a small Flux.1-architecture model of coloured shapes shipped with the "
+                    "pack")
         elif weights == TOY_RANDOM and weights == default_toy_weights():
             what = ("its ToyWorld weights are not shipped yet, so the loader's 'random (untrained test model)' "
                     "option is used: random weights, the outputs are noise")
@@ -636,54 +644,58 @@ def _run(workflow, o: RunOptions, say) -> RunResult:
 
     out_dir = Path(out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous_output = bridge_host.output_directory()
     bridge_host.set_output_directory(str(out_dir))
-    ckpt_name = None
-    if ckpt_path is not None:
-        bridge_host.add_model_folder_path("checkpoints", str(ckpt_path.parent))
-        ckpt_name = ckpt_path.name
+    try:  # an in-process host (tests, a notebook) gets its output folder back afterwards
+        ckpt_name = None
+        if ckpt_path is not None:
+            bridge_host.add_model_folder_path("checkpoints", str(ckpt_path.parent))
+            ckpt_name = ckpt_path.name
 
-    has_scale = bool(nodes_of(prompt, "ImageScale"))
-    image_name = None
-    scene_obj = None
-    if scene is not None:
-        scene_obj, image_name = prepare_scene(scene, Path(bridge_files.input_dir()), seed or 0)
-    elif nodes_of(prompt, "LoadImage"):
-        image_name = prepare_image(image, Path(bridge_files.input_dir()),
-                                   None if has_scale else size_wh)
-    elif image is not None:
-        raise RunnerError("--image was given but the workflow has no LoadImage node")
-    ref_names = _prepare_references(references, image, Path(bridge_files.input_dir())) or None
+        has_scale = bool(nodes_of(prompt, "ImageScale"))
+        image_name = None
+        scene_obj = None
+        if scene is not None:
+            scene_obj, image_name = prepare_scene(scene, Path(bridge_files.input_dir()), seed or 0)
+        elif nodes_of(prompt, "LoadImage"):
+            image_name = prepare_image(image, Path(bridge_files.input_dir()),
+                                       None if has_scale else size_wh)
+        elif image is not None:
+            raise RunnerError("--image was given but the workflow has no LoadImage node")
+        ref_names = _prepare_references(references, image, Path(bridge_files.input_dir())) or None
 
-    if tiny:
-        prompt = use_toyworld(prompt, weights)
-    prompt = apply_overrides(prompt, image=image_name, source_prompt=source_prompt, edited_prompt=edited_prompt,
-                             mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
-                             method=method, size=size_wh if has_scale else None, references=ref_names,
-                             train_steps=train_steps)
-    if scene is not None and tiny:
-        for ct, values in list(TOY_SCENE_INPUTS.items()) + list(scene_cfg.get("inputs", {}).items()):
-            for nid in nodes_of(prompt, ct):
-                prompt[nid]["inputs"].update(values)
-    if seed is not None:
-        import torch
+        if tiny:
+            prompt = use_toyworld(prompt, weights)
+        prompt = apply_overrides(prompt, image=image_name, source_prompt=source_prompt, edited_prompt=edited_prompt,
+                                 mode=mode, ckpt_name=ckpt_name, seed=seed, steps=steps, num_inner_steps=num_inner_steps,
+                                 method=method, size=size_wh if has_scale else None, references=ref_names,
+                                 train_steps=train_steps)
+        if scene is not None and tiny:
+            for ct, values in list(TOY_SCENE_INPUTS.items()) + list(scene_cfg.get("inputs", {}).items()):
+                for nid in nodes_of(prompt, ct):
+                    prompt[nid]["inputs"].update(values)
+        if seed is not None:
+            import torch
 
-        torch.manual_seed(int(seed))
+            torch.manual_seed(int(seed))
 
-    before = {p for p in out_dir.rglob("*") if p.is_file()}
-    t1 = time.perf_counter()
-    res = host.run_workflow(prompt)
-    t2 = time.perf_counter()
-    # the files saved into the output folder (SaveImage ...); previews in ComfyUI's temp folder are left out
-    files = [f for f in host.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
-    if not files:  # output nodes that do not report their files
-        files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
-    trained = _copy_trained(res, prompt, out_dir)
-    source_file = Path(bridge_files.input_dir()) / image_name if image_name else None
-    side, verdicts, backgrounds = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
-    if side is not None:
-        files.append(side)
-    return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
-                     history=dict(res), trained=trained, side_by_side=side, judged=verdicts, background=backgrounds)
+        before = {p for p in out_dir.rglob("*") if p.is_file()}
+        t1 = time.perf_counter()
+        res = host.run_workflow(prompt)
+        t2 = time.perf_counter()
+        # the files saved into the output folder (SaveImage ...); previews in ComfyUI's temp folder are left out
+        files = [f for f in host.ui_files(res["outputs"], {"output": out_dir}) if f.is_file()]
+        if not files:  # output nodes that do not report their files
+            files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p not in before)
+        trained = _copy_trained(res, prompt, out_dir)
+        source_file = Path(bridge_files.input_dir()) / image_name if image_name else None
+        side, verdicts, backgrounds = _side_by_side(prompt, res["outputs"], out_dir, source_file, scene_obj)
+        if side is not None:
+            files.append(side)
+        return RunResult(files=files, seconds=t2 - t1, total_seconds=t2 - t0, prompt=prompt, notices=notices,
+                         history=dict(res), trained=trained, side_by_side=side, judged=verdicts, background=backgrounds)
+    finally:
+        bridge_host.set_output_directory(previous_output)
 
 
 def prepare_scene(caption: str, input_dir: Path, seed: int = 0):

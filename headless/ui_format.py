@@ -83,14 +83,18 @@ FAMILY_NO_CHECKPOINT_NOTE = (
     "Needs an {family} checkpoint in models/checkpoints (Load Checkpoint names {ckpt}); photos at {size}x{size}. "
     "Without one, ComfyUI stops with \"ckpt_name ... not in []\": replace Load Checkpoint with the pack's "
     "'ToyWorld Model Loader (Attention Edit)' (AE_ToyWorldLoader, under attention_edit/loaders) set to '{weights}' "
-    "(random weights, not Stable Diffusion: the output is noise, it only shows that the graph runs), connect its "
-    "MODEL, CLIP and VAE where Load Checkpoint's were, and scale the photo to {tsize}x{tsize}. Headless, "
-    "`python -m attention_edit.runner <workflow>` does this by itself.")
-#: test model -> (family, a real checkpoint's photo size, the test model's size)
-FAMILY_OF_TEST_MODEL = {"random SDXL (untrained test model)": ("SDXL", 1024, 128),
-                        "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64),
-                        "random Flux.1 (untrained test model)": ("Flux.1", 1024, 64),
-                        "random SD3.5 (untrained test model)": ("SD3.5", 1024, 64)}
+    "({what}), connect its MODEL, CLIP and VAE where Load Checkpoint's were, and scale the photo to "
+    "{tsize}x{tsize}. Headless, `python -m attention_edit.runner <workflow>` does this by itself.")
+_RANDOM_WHAT = "random weights, not Stable Diffusion: the output is noise, it only shows that the graph runs"
+#: test model -> (family, a real checkpoint's photo size, the test model's size, what it is)
+FAMILY_OF_TEST_MODEL = {"random SDXL (untrained test model)": ("SDXL", 1024, 128, _RANDOM_WHAT),
+                        "random SD2.x v-prediction (untrained test model)": ("SD2.x", 768, 64, _RANDOM_WHAT),
+                        "random Flux.1 (untrained test model)": ("Flux.1", 1024, 64, _RANDOM_WHAT),
+                        "random SD3.5 (untrained test model)": ("SD3.5", 1024, 64, _RANDOM_WHAT),
+                        "toyworld MM-DiT (shipped, Flux.1 architecture)": (
+                            "Flux.1", 1024, 64, "a small Flux.1-architecture model of coloured shapes shipped with "
+                            "the pack, not a photo model: it edits ToyWorld scenes such as 'a red circle on the "
+                            "left'")}
 
 
 def workflow_note(name: str, api: Mapping[str, Any] | None = None) -> str:
@@ -104,9 +108,9 @@ def workflow_note(name: str, api: Mapping[str, Any] | None = None) -> str:
         weights = (node.get("_meta") or {}).get(TOY_WEIGHTS_META) \
             if node.get("class_type") == "CheckpointLoaderSimple" else None
         if weights in FAMILY_OF_TEST_MODEL:
-            family, size, tsize = FAMILY_OF_TEST_MODEL[weights]
+            family, size, tsize, what = FAMILY_OF_TEST_MODEL[weights]
             rest = FAMILY_NO_CHECKPOINT_NOTE.format(family=family, ckpt=node["inputs"].get("ckpt_name"), size=size,
-                                                    weights=weights, tsize=tsize)
+                                                    weights=weights, tsize=tsize, what=what)
             break
     return f"{first}\n\n{rest.replace('<workflow>', name)}"
 

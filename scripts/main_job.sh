@@ -15,6 +15,7 @@
 #
 #   bash scripts/main_job.sh                                  # p2p_word_swap on the ToyWorld scene
 #   bash scripts/main_job.sh p2p_word_swap_null_text          # the same edit after null-text inversion
+#   bash scripts/main_job.sh p2p_word_swap_flux               # the same edit on the shipped ToyWorld MM-DiT
 #   bash scripts/main_job.sh --scene "a big yellow square on the right" --edited-prompt "a big blue square on the right"
 #   bash scripts/main_job.sh --photo                          # scikit-image's cat photo instead of the scene
 #   bash scripts/main_job.sh p2p_reweight --steps 10          # another workflow / runner options

@@ -198,7 +198,9 @@ def test_workflow_runs_in_process(name, comfy):
     assert res["status"]["status_str"] == "success"
     _check_outputs(res.files(SAVE_MAIN), res.files(SAVE_MAPS))
     lat = res.value(SAMPLER)["samples"]
-    channels = 16 if ("flux" in name or "sd3" in name) else 4  # Flux's and SD3's latents have 16 channels
+    # SD3's latents have 16 channels; the Flux workflow runs on the shipped ToyWorld MM-DiT, which works on the
+    # ToyWorld VAE's 4-channel latents
+    channels = 16 if "sd3" in name else 4
     assert lat.shape == (2, channels, SIZE // 8, SIZE // 8) and torch.isfinite(lat).all()
     # the edit is Prompt-to-Prompt's: the same workflow with the injection windows closed (cross_replace_steps and
     # self_replace_steps 0: plain regeneration with the edited prompt, local blend kept) gives another image
@@ -374,6 +376,22 @@ def test_runner_cli_end_to_end(tmp_path):
     assert psnr == "identical" or float(psnr.split()[0]) >= 30, r.stdout
     assert "done in" in r.stdout
     assert "Traceback" not in r.stderr, r.stderr[-4000:]
+
+
+def test_flux_workflow_without_a_checkpoint_edits_the_scene_on_the_shipped_mmdit(comfy, tmp_path):
+    """The MM-DiT headless (issue 26): without --ckpt, p2p_word_swap_flux runs on the shipped ToyWorld MM-DiT (the
+    workflow's checkpoint loader names it), edits the rendered ToyWorld scene, and the judge reads the edit: red
+    circle -> blue circle on the left, the background kept (>= 30 dB PSNR against the source)."""
+    res = runner.run("p2p_word_swap_flux", out=tmp_path / "mmdit", say=lambda *_: None)
+    [toy] = runner.nodes_of(res.prompt, "AE_ToyWorldLoader")
+    assert res.prompt[toy]["inputs"]["weights"] == runner.TOY_MMDIT
+    assert any("ToyWorld MM-DiT" in n for n in res.notices), res.notices
+    assert res.side_by_side is not None and len(res.judged) == 3
+    source, _, edit = res.judged
+    print(f"\n[mmdit headless] judge: {source} -> {edit}; background {res.background}")
+    assert [(o["colour"], o["shape"]) for o in source] == [("red", "circle")]
+    assert [(o["colour"], o["shape"]) for o in edit] == [("blue", "circle")]
+    assert res.background[2] is not None and res.background[2][0] >= 30
 
 
 def test_runner_scene_and_photo_options(comfy, tmp_path):
