@@ -312,6 +312,15 @@ def to_diffusers_flux(model_patcher):
     sd = {k: v.detach().float().cpu() for k, v in dm.state_dict().items()}
     kmap = comfy.utils.flux_to_diffusers({"depth": p.depth, "depth_single_blocks": p.depth_single_blocks,
                                           "hidden_size": p.hidden_size})
+    return _load_mapped(unet, sd, kmap)
+
+
+def _load_mapped(unet, sd: dict, kmap: dict):
+    """Loads ``unet`` (a diffusers model) from the ComfyUI state dict ``sd`` through one of ComfyUI's diffusers key
+    tables (comfy.utils ``flux_to_diffusers`` / ``mmdit_to_diffusers``: diffusers key -> ComfyUI key, or (key,
+    (dim, offset, length)) for a slice of a fused tensor, or (key, None, function)). A QK-norm weight is found under
+    either of the hosts' names (0.33: ``.weight``, 0.3.75: ``.scale``). KeyError when a diffusers parameter gets no
+    weight; returns the model in eval mode without gradients."""
     out = {}
     for dkey in unet.state_dict():
         src = kmap.get(dkey)
@@ -382,20 +391,4 @@ def to_diffusers_sd3(model_patcher):
         pos_embed_max_size=int(cfg.get("pos_embed_max_size")),
         dual_attention_layers=tuple(int(i) for i in cfg.get("x_block_self_attn_layers", [])),
         qk_norm="rms_norm" if cfg.get("qk_norm") else None)
-    kmap = comfy.utils.mmdit_to_diffusers({"depth": depth})
-    out = {}
-    for dkey in unet.state_dict():
-        src = kmap.get(dkey)
-        if src is None:
-            raise KeyError(f"no ComfyUI weight for diffusers parameter {dkey}")
-        if isinstance(src, str):
-            src = (src, None)
-        w = sd[src[0]]
-        if len(src) > 2:
-            w = src[2](w)
-        elif src[1] is not None:
-            dim, off, length = src[1]
-            w = w.narrow(dim, off, length)
-        out[dkey] = w.clone()
-    unet.load_state_dict(out, strict=True)
-    return unet.eval().requires_grad_(False)
+    return _load_mapped(unet, sd, comfy.utils.mmdit_to_diffusers({"depth": depth}))
