@@ -104,14 +104,9 @@ class JointAttentionControl:
             out[sl] = edited.to(out.dtype)
             return out
         # the other chunks (CFG's unconditional rows) go to the kernel on their own: their rows only
-        rest = [i for i in range(q.shape[0]) if not sl.start <= i < sl.stop]
-        idx = torch.tensor(rest, device=args[0].device)
-        sub = tuple(a.index_select(0, idx) if i < 3 else a for i, a in enumerate(args))
-        base = self._baseline(func, sub, kwargs)
-        out = base.new_empty((q.shape[0],) + tuple(base.shape[1:]))
-        out[sl] = edited.to(base.dtype)
-        out[idx] = base
-        return out
+        others = lambda t: torch.cat([t[:sl.start], t[sl.stop:]])  # noqa: E731 - the rows outside sl
+        base = self._baseline(func, tuple(others(a) if i < 3 else a for i, a in enumerate(args)), kwargs)
+        return torch.cat([base[:sl.start], edited.to(base.dtype), base[sl.start:]])
 
 
 def install_joint_controller(model_patcher, controller: P2PController, text_len: int, latent_hw: tuple,
