@@ -264,36 +264,16 @@ def test_sd3_word_swap_through_the_executor_with_save_and_load(comfy):
     Save / Load Inversion (the family and the unconditional embeddings recorded), Prompt-to-Prompt Edit -> Edit
     Sampler -> VAE Decode, and the attention-map preview; the loaded inversion edits exactly as the live one."""
     from attention_edit.headless.photos import save_input_photo
+    from support.edit_graphs import edit_graph, reload_graph
 
     img = save_input_photo("cat", 64)
-    g = {
-        "1": {"class_type": "AE_ToyWorldLoader", "inputs": {"weights": "random SD3.5 (untrained test model)", "seed": 0}},
-        "2": {"class_type": "LoadImage", "inputs": {"image": img}},
-        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
-        "4": {"class_type": "AE_InvertImage", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "latent": ["3", 0], "source_prompt": SOURCE, "method": "direct",
-            "steps": 4, "cfg": 4.5, "scheduler": "p2p_ddim", "num_inner_steps": 1, "early_stop_epsilon": 1e-5,
-            "learning_rate": 0.01}},
-        "5": {"class_type": "AE_SaveInversion", "inputs": {"inversion": ["4", 0], "filename_prefix": "sd3_cat"}},
-        "6": {"class_type": "AE_P2PEdit", "inputs": {"edited_prompts": "a photo of a dog", "mode": "auto",
-                                                     "cross_replace_steps": "0.8", "self_replace_steps": "0.4",
-                                                     "self_replace_max_resolution": "1/4 (16x16 at 512px)",
-                                                     "flux_blocks": "all"}},
-        "7": {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                            "inversion": ["4", 0], "edit": ["6", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
-        "9": {"class_type": "AE_AttentionMapPreview", "inputs": {"attention": ["7", 3], "prompt_index": 1,
-                                                                 "cell_size": 32}},
-    }
+    g = edit_graph("random SD3.5 (untrained test model)", img, SOURCE, "direct", 4.5, "all", "sd3_cat")
     res = comfy.run_workflow(g, outputs=["5", "7", "8", "9"])
     inv = res.value("4", 0)
     assert (inv.method, inv.family, inv.steps, inv.guidance_scale, len(inv.uncond)) == ("direct", "sd3", 4, 4.5, 4)
     assert res.value("8", 0).shape == (2, 64, 64, 3)
     saved = res["outputs"]["5"]["text"][0]
-    g2 = {k: v for k, v in g.items() if k in ("1", "6")}
-    g2["10"] = {"class_type": "AE_LoadInversion", "inputs": {"file": saved}}
-    g2["11"] = {"class_type": "AE_P2PEditSampler", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                              "inversion": ["10", 0], "edit": ["6", 0]}}
+    g2 = reload_graph(g, saved)
     res2 = comfy.run_workflow(g2, outputs=["11"])
     assert torch.equal(res2.value("11", 0)["samples"], res.value("7", 0)["samples"])
 
